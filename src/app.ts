@@ -1,0 +1,306 @@
+/**
+ * build(config): the logger, connection pools, forwarder, listeners and the
+ * current generation of compiled routes; reload and graceful drain.
+ */
+import { once } from 'node:events';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { composeChain } from './chain.js';
+import { formatIssue, loadConfigText } from './config/load.js';
+import type { HostPort, LegateConfig, RouteSettings } from './config/model.js';
+import { createForwarder, type Forwarder } from './layers/forward.js';
+import type { Logger } from './observability/logger.js';
+import { createAdminListener } from './server/admin-listener.js';
+import { createProxyListener, type EarlyOutcome } from './server/proxy-listener.js';
+import type { RequestContext } from './proxy/context.js';
+import { AgentPool, httpAgentFactory, type AgentFactory } from './runtime/agents.js';
+import { buildGeneration, droppedStates, type Generation, MAIN_LISTENER } from './runtime/generation.js';
+
+export interface AppOptions {
+  readonly logger: Logger;
+  /** Builds https pools (the TLS layer); plain https without client certs by default. */
+  readonly httpsAgentFactory?: AgentFactory;
+}
+
+export interface ReloadResult {
+  readonly ok: boolean;
+  readonly errors: readonly string[];
+}
+
+async function listen(server: Server, at: HostPort): Promise<void> {
+  server.listen(at.port, at.host.replace(/^\[|\]$/g, ''));
+  await Promise.race([
+    once(server, 'listening'),
+    once(server, 'error').then(([e]: unknown[]) => {
+      const err = e as NodeJS.ErrnoException;
+      throw new Error(`cannot listen on ${at.text}: ${err.code ?? err.message}`);
+    }),
+  ]);
+}
+
+async function close(server: Server): Promise<void> {
+  if (!server.listening) return;
+  const closed = once(server, 'close');
+  server.close();
+  server.closeIdleConnections();
+  await closed;
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host.startsWith('127.') || host === '[::1]' || host === '::1';
+}
+
+/** The effective config for `/config` and `explain`: units spelled out, secrets never included. */
+export function configView(config: LegateConfig): unknown {
+  const route = (r: RouteSettings) => ({
+    name: r.name,
+    match: {
+      ...r.match,
+      methods: r.match.methods === undefined ? undefined : [...r.match.methods],
+    },
+    listen: r.listen?.text,
+    upstream: {
+      endpoints: r.upstream.endpoints.map((e) => ({ url: e.url.href, weight: e.weight, tls: e.tls })),
+      discovery: r.upstream.discovery,
+    },
+    stripPrefix: r.stripPrefix,
+    preserveHost: r.preserveHost,
+    timeoutMs: r.timeoutMs,
+    idleTimeoutMs: r.idleTimeoutMs,
+    limits: r.limits,
+    retry: { ...r.retry, methods: [...r.retry.methods] },
+    circuitBreaker: r.circuitBreaker,
+    tls: r.tls,
+    optOut: [...r.optOut],
+    rateLimit: r.rateLimit,
+    headers: {
+      // Values may be credentials: only the names are shown.
+      request: { set: r.headers.request.set.map(([n]) => n), remove: r.headers.request.remove },
+      response: { set: r.headers.response.set.map(([n]) => n), remove: r.headers.response.remove },
+    },
+    trustControlHeaders: r.trustControlHeaders,
+  });
+  return {
+    file: config.file,
+    listen: config.listen.text,
+    admin: config.admin.text,
+    drainTimeoutMs: config.drainTimeoutMs,
+    logLevel: config.logLevel,
+    accessLog: config.accessLog,
+    limits: config.limits,
+    routes: config.routes.map(route),
+  };
+}
+
+export class LegateApp {
+  readonly logger: Logger;
+  readonly #agents: AgentPool;
+  readonly #forwarder: Forwarder;
+  #generation: Generation;
+  #proxy: Server | undefined;
+  #admin: Server | undefined;
+  readonly #routeListeners = new Map<string, Server>();
+  #ready = false;
+  #draining = false;
+  #active = 0;
+  #idle: (() => void) | undefined;
+
+  constructor(config: LegateConfig, opts: AppOptions) {
+    this.logger = opts.logger;
+    this.#agents = new AgentPool({ http: httpAgentFactory, https: opts.httpsAgentFactory ?? httpAgentFactory });
+    this.#forwarder = createForwarder();
+    this.#generation = this.#build(config, undefined);
+  }
+
+  #build(config: LegateConfig, previous: Generation | undefined): Generation {
+    const forward = this.#forwarder.handler;
+    return buildGeneration(config, previous, {
+      agents: this.#agents,
+      compose: (route) => composeChain(route, { forward }),
+    });
+  }
+
+  get config(): LegateConfig {
+    return this.#generation.config;
+  }
+
+  get activeRequests(): number {
+    return this.#active;
+  }
+
+  #listenerHost(key: string) {
+    return createProxyListener(
+      {
+        current: () => this.#generation,
+        draining: () => this.#draining,
+        onComplete: (ctx) => this.#onComplete(ctx),
+        onClientError: (err) => this.logger.debug({ err: err.message }, 'malformed request from the app'),
+      },
+      key,
+      this.#generation.config.limits,
+    );
+  }
+
+  #onComplete(_ctx: RequestContext | EarlyOutcome): void {
+    this.#active--;
+    if (this.#active === 0) this.#idle?.();
+  }
+
+  /** Binds every listener; rejects (and closes what it opened) if one cannot bind. */
+  async start(): Promise<void> {
+    const config = this.#generation.config;
+    const proxy = this.#listenerHost(MAIN_LISTENER);
+    this.#track(proxy);
+    const admin = createAdminListener({
+      ready: () => this.#ready,
+      draining: () => this.#draining,
+      configView: () => configView(this.#generation.config),
+    });
+    try {
+      await listen(proxy, config.listen);
+      this.#proxy = proxy;
+      await listen(admin, config.admin);
+      this.#admin = admin;
+      await this.#syncRouteListeners(this.#generation);
+    } catch (e) {
+      await this.#closeAll();
+      throw e;
+    }
+    for (const at of [config.listen, config.admin, ...config.routes.flatMap((r) => (r.listen ? [r.listen] : []))]) {
+      if (!isLoopbackHost(at.host)) {
+        this.logger.warn({ address: at.text }, `listening on ${at.text}, which is reachable from other hosts`);
+      }
+    }
+    this.#ready = true;
+    this.logger.info(
+      { listen: this.address('proxy'), admin: this.address('admin'), routes: config.routes.length, file: config.file },
+      'legate started',
+    );
+  }
+
+  #track(server: Server): void {
+    // Prepended so the count rises before the handler can finish the request synchronously.
+    server.prependListener('request', () => {
+      this.#active++;
+    });
+    server.prependListener('connect', () => {
+      this.#active++;
+    });
+  }
+
+  async #syncRouteListeners(gen: Generation): Promise<void> {
+    const wanted = new Map<string, HostPort>();
+    for (const r of gen.config.routes) if (r.listen !== undefined) wanted.set(r.listen.text, r.listen);
+    const opened: string[] = [];
+    try {
+      for (const [key, at] of wanted) {
+        if (this.#routeListeners.has(key)) continue;
+        const server = this.#listenerHost(key);
+        this.#track(server);
+        await listen(server, at);
+        this.#routeListeners.set(key, server);
+        opened.push(key);
+      }
+    } catch (e) {
+      for (const key of opened) {
+        const s = this.#routeListeners.get(key);
+        this.#routeListeners.delete(key);
+        if (s !== undefined) await close(s);
+      }
+      throw e;
+    }
+    for (const [key, server] of this.#routeListeners) {
+      if (!wanted.has(key)) {
+        this.#routeListeners.delete(key);
+        void close(server);
+      }
+    }
+  }
+
+  /** The bound address of a listener, `host:port` (useful when the config said port 0). */
+  address(which: 'proxy' | 'admin' | string): string | undefined {
+    const server = which === 'proxy' ? this.#proxy : which === 'admin' ? this.#admin : this.#routeListeners.get(which);
+    const a = server?.address() as AddressInfo | null | undefined;
+    if (a === null || a === undefined) return undefined;
+    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+  }
+
+  current(): Generation {
+    return this.#generation;
+  }
+
+  /**
+   * Validates `text` and, when it is good, swaps it in atomically. A bad file
+   * changes nothing: the old config keeps serving.
+   */
+  async reloadText(text: string, file = this.#generation.config.file): Promise<ReloadResult> {
+    const loaded = loadConfigText(text, file);
+    if (!loaded.ok) {
+      const errors = loaded.issues.map(formatIssue);
+      this.logger.error({ file, errors }, 'config reload rejected; the previous config keeps serving');
+      return { ok: false, errors };
+    }
+    return this.apply(loaded.config);
+  }
+
+  async apply(config: LegateConfig): Promise<ReloadResult> {
+    const previous = this.#generation;
+    const restartOnly: string[] = [];
+    if (config.listen.text !== previous.config.listen.text) restartOnly.push('listen');
+    if (config.admin.text !== previous.config.admin.text) restartOnly.push('admin');
+    const next = this.#build(config, previous);
+    try {
+      await this.#syncRouteListeners(next);
+    } catch (e) {
+      const errors = [(e as Error).message];
+      this.logger.error({ file: config.file, errors }, 'config reload rejected; the previous config keeps serving');
+      return { ok: false, errors };
+    }
+    this.#generation = next;
+    previous.retire(droppedStates(previous, next));
+    this.#agents.retainOnly(next.agentIds);
+    const kept = next.routes.filter((r) => previous.routes.some((p) => p.state === r.state)).map((r) => r.name);
+    this.logger.info({ file: config.file, routes: next.routes.length, keptState: kept }, 'config reload applied');
+    if (restartOnly.length > 0) {
+      this.logger.warn({ keys: restartOnly }, `changed ${restartOnly.join(' and ')} address takes effect on restart`);
+    }
+    return { ok: true, errors: [] };
+  }
+
+  /**
+   * Graceful stop: readiness fails, listeners stop accepting, requests in
+   * flight get up to `drainTimeout` to finish, then every socket is closed.
+   */
+  async stop(drainTimeoutMs = this.#generation.config.drainTimeoutMs): Promise<void> {
+    if (this.#draining) return;
+    this.#draining = true;
+    this.logger.info({ active: this.#active, drainTimeoutMs }, 'draining');
+    const servers = [this.#proxy, ...this.#routeListeners.values()].filter((s): s is Server => s !== undefined);
+    for (const s of servers) {
+      s.close();
+      s.closeIdleConnections();
+    }
+    if (this.#active > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, drainTimeoutMs);
+        this.#idle = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    const unfinished = this.#active;
+    await this.#closeAll();
+    this.logger.info({ unfinished }, 'drained; stopped');
+  }
+
+  async #closeAll(): Promise<void> {
+    const servers = [this.#proxy, this.#admin, ...this.#routeListeners.values()].filter((s): s is Server => s !== undefined);
+    for (const s of servers) s.closeAllConnections();
+    await Promise.all(servers.map(close));
+    this.#routeListeners.clear();
+    this.#forwarder.close();
+    this.#agents.destroy();
+    this.#generation.retire(this.#generation.states());
+  }
+}

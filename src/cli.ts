@@ -1,0 +1,161 @@
+#!/usr/bin/env node
+/**
+ * legate's command line: run the proxy, validate a routes.yaml, or explain
+ * which route a request would take.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { LegateApp } from './app.js';
+import { explain } from './explain.js';
+import { formatIssue, loadConfigFile } from './config/load.js';
+import { watchConfigFile } from './config/watch.js';
+import { createLogger } from './observability/logger.js';
+
+const USAGE = `legate — an outbound HTTP proxy sidecar (ambassador) for legacy apps
+
+Usage:
+  legate [--config FILE]                  run the proxy (default FILE: ./routes.yaml)
+  legate validate [FILE]                  check FILE; exit 0 when valid, 1 with every error
+  legate explain [--config FILE] METHOD URL [-H 'name: value']...
+                                          show the route a request would take and its policy
+  legate --help | --version
+
+URL may be a path (/payments/charge), a URL on the proxy itself
+(http://localhost:15001/payments/charge) or any other absolute URL, which is
+read as an HTTP_PROXY-style request for that host.
+
+Signals: SIGHUP reloads the config; SIGTERM/SIGINT drain and stop (twice: at once).
+Docs: README.md`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+async function validate(file: string): Promise<number> {
+  const result = await loadConfigFile(file);
+  if (!result.ok) {
+    for (const issue of result.issues) process.stderr.write(formatIssue(issue) + '\n');
+    process.stderr.write(`${file}: ${result.issues.length} error${result.issues.length === 1 ? '' : 's'}\n`);
+    return 1;
+  }
+  for (const w of result.warnings) process.stderr.write(`${file}: warning: ${w}\n`);
+  const n = result.config.routes.length;
+  process.stdout.write(`${file}: valid, ${n} route${n === 1 ? '' : 's'}\n`);
+  return 0;
+}
+
+async function run(file: string): Promise<number> {
+  const loaded = await loadConfigFile(file);
+  if (!loaded.ok) {
+    for (const issue of loaded.issues) process.stderr.write(formatIssue(issue) + '\n');
+    process.stderr.write(`legate: not started: ${file} has ${loaded.issues.length} error(s)\n`);
+    return 1;
+  }
+  const logger = createLogger({ level: process.env.LOG_LEVEL ?? loaded.config.logLevel });
+  for (const w of loaded.warnings) logger.warn({ file }, w);
+  const app = new LegateApp(loaded.config, { logger });
+  try {
+    await app.start();
+  } catch (e) {
+    logger.fatal({ err: (e as Error).message }, 'legate could not start');
+    logger.flush();
+    return 1;
+  }
+
+  const absolute = path.resolve(file);
+  const watcher = watchConfigFile(absolute, readFileSync(absolute, 'utf8'), {
+    onChange: (text) => void app.reloadText(text, file),
+    onError: (e) => logger.warn({ err: e.message, file }, 'config watch error'),
+  });
+  process.on('SIGHUP', () => {
+    logger.info({ file }, 'SIGHUP: reloading config');
+    void readFileAndReload();
+  });
+  const readFileAndReload = async (): Promise<void> => {
+    try {
+      await app.reloadText(readFileSync(absolute, 'utf8'), file);
+    } catch (e) {
+      logger.error({ err: (e as Error).message, file }, 'config reload rejected; the previous config keeps serving');
+    }
+  };
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting now');
+        logger.flush();
+        process.exit(1);
+      }
+      stopping = true;
+      logger.info({ signal }, 'signal received');
+      watcher.close();
+      app.stop().then(
+        () => resolve(0),
+        (e: unknown) => {
+          logger.error({ err: (e as Error).message }, 'error while stopping');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  }).then((code) => {
+    logger.flush();
+    return code;
+  });
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      header: { type: 'string', short: 'H', multiple: true },
+      help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  if (values.version === true) {
+    process.stdout.write(`legate ${version()}\n`);
+    return 0;
+  }
+  const [command, ...rest] = positionals;
+  const configFile = values.config ?? process.env.LEGATE_CONFIG ?? 'routes.yaml';
+  switch (command) {
+    case undefined:
+      return run(configFile);
+    case 'run':
+      return run(rest[0] ?? configFile);
+    case 'validate':
+      return validate(rest[0] ?? configFile);
+    case 'explain': {
+      const [method, url] = rest;
+      if (method === undefined || url === undefined) {
+        process.stderr.write('legate explain: needs METHOD and URL, e.g. legate explain GET /payments/charge\n');
+        return 2;
+      }
+      return explain(configFile, method, url, values.header ?? []);
+    }
+    default:
+      process.stderr.write(`legate: unknown command ${JSON.stringify(command)}\n\n${USAGE}\n`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`legate: ${(e as Error).message}\n`);
+    process.exitCode = 2;
+  },
+);

@@ -1,0 +1,162 @@
+/**
+ * The terminal layer: one try at one endpoint through http-proxy, over the
+ * endpoint's keep-alive pool. It resolves with the upstream's response head
+ * and leaves the body unread (streamed to the app by respond.ts), or rejects
+ * with an UpstreamError. Each call is one try; the retry layer may call again.
+ */
+import type { ClientRequest, IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import httpProxy from 'http-proxy';
+import { classifyUpstreamFailure, isLegateError, LegateError, UpstreamError, type LegateError as LE } from '../errors.js';
+import type { Handler, ProxyRequest, TryRecord, UpstreamResponse } from '../proxy/types.js';
+
+/** The endpoint's base path joined to the request's part; never empty. */
+export function upstreamPath(basePath: string, forwardPath: string): string {
+  const joined = basePath + forwardPath;
+  return joined === '' || joined.charCodeAt(0) === 63 /* ? */ ? '/' + joined : joined;
+}
+
+/** Callbacks of the try in flight for one app request. */
+interface TryHooks {
+  onProxyReq(proxyReq: ClientRequest): void;
+  onProxyRes(proxyRes: IncomingMessage): void;
+}
+
+export class IdleTimeoutError extends Error {
+  readonly code = 'LEGATE_IDLE_TIMEOUT';
+}
+
+export interface Forwarder {
+  readonly handler: Handler;
+  close(): void;
+}
+
+/** Aborts a try from the outside (per-try deadline); the reason becomes the try's error. */
+export const TRY_SIGNAL = Symbol('legate.trySignal');
+export interface TrySignalCarrier {
+  [TRY_SIGNAL]?: AbortSignal;
+}
+
+export function createForwarder(): Forwarder {
+  const proxy = httpProxy.createProxyServer({
+    selfHandleResponse: true,
+    xfwd: false,
+    changeOrigin: false,
+    ws: false,
+  });
+  // The try in flight for each app request; tries of one request never overlap.
+  const inFlight = new WeakMap<IncomingMessage, TryHooks>();
+
+  proxy.on('proxyReq', (proxyReq, req) => inFlight.get(req)?.onProxyReq(proxyReq));
+  proxy.on('proxyRes', (proxyRes, req) => inFlight.get(req)?.onProxyRes(proxyRes));
+  // http-proxy reports an upstream reset that follows the app hanging up here
+  // instead of to the callback; the try is already settled by the abort signal.
+  proxy.on('econnreset', () => undefined);
+
+  const handler: Handler = (req) =>
+    new Promise<UpstreamResponse>((resolve, reject) => {
+      const endpoint = req.endpoint;
+      if (endpoint === undefined) {
+        reject(new LegateError('internal-error', 'no endpoint was chosen for the try'));
+        return;
+      }
+      const started = performance.now();
+      const record: TryRecord = { endpoint: endpoint.key, ms: 0 };
+      req.tries.push(record);
+      let proxyReq: ClientRequest | undefined;
+      let settled = false;
+      const trySignal = (req as ProxyRequest & TrySignalCarrier)[TRY_SIGNAL];
+
+      const cleanup = (): void => {
+        req.signal.removeEventListener('abort', onAbort);
+        trySignal?.removeEventListener('abort', onTryAbort);
+        if (inFlight.get(req.raw) === hooks) inFlight.delete(req.raw);
+        record.ms = Math.round((performance.now() - started) * 1000) / 1000;
+      };
+      const fail = (err: unknown): void => {
+        if (settled) return;
+        settled = true;
+        cleanup();
+        const e: LE = isLegateError(err)
+          ? err
+          : err instanceof IdleTimeoutError
+            ? new UpstreamError('upstream-timeout', endpoint.key, `${endpoint.key} sent nothing for ${req.route.settings.idleTimeoutMs} ms`)
+            : classifyUpstreamFailure(err, endpoint.key, endpoint.settings.tls?.serverName ?? endpoint.hostname);
+        record.error = e.code;
+        // Destroying the socket is what stops the work: no timer or socket outlives the try.
+        proxyReq?.destroy();
+        reject(e);
+      };
+      const onAbort = (): void => fail(req.signal.reason);
+      const onTryAbort = (): void => fail(trySignal?.reason);
+
+      const hooks: TryHooks = {
+        onProxyReq(pr) {
+          proxyReq = pr;
+          if (settled) {
+            pr.destroy();
+            return;
+          }
+          if (pr.headersSent) {
+            fail(new LegateError('internal-error', 'request head was written before legate could set its path'));
+            return;
+          }
+          // Set here, not through http-proxy's URL joining, which collapses `//` and re-escapes the path.
+          pr.path = upstreamPath(endpoint.basePath, req.forwardPath);
+          const idle = req.route.settings.idleTimeoutMs;
+          if (idle > 0) pr.setTimeout(idle, () => pr.destroy(new IdleTimeoutError('idle')));
+        },
+        onProxyRes(res) {
+          if (settled) {
+            res.destroy();
+            return;
+          }
+          settled = true;
+          cleanup();
+          record.status = res.statusCode ?? 0;
+          resolve({
+            status: res.statusCode ?? 502,
+            statusMessage: res.statusMessage,
+            headers: res.headers,
+            body: res,
+            endpoint,
+            upstreamMs: record.ms,
+          });
+        },
+      };
+
+      if (req.signal.aborted) {
+        fail(req.signal.reason);
+        return;
+      }
+      if (trySignal?.aborted) {
+        fail(trySignal.reason);
+        return;
+      }
+      req.signal.addEventListener('abort', onAbort, { once: true });
+      trySignal?.addEventListener('abort', onTryAbort, { once: true });
+      inFlight.set(req.raw, hooks);
+
+      // Each endpoint of a weighted list is its own authority.
+      if (!req.route.settings.preserveHost) req.headers.host = endpoint.authority;
+      // http-proxy copies the outgoing headers from `req.headers`: give it the cleaned set.
+      req.raw.headers = req.headers as IncomingMessage['headers'];
+      const buffer = req.body.open();
+      proxy.web(
+        req.raw,
+        req.appResponse,
+        {
+          target: { protocol: endpoint.protocol, host: endpoint.hostname, hostname: endpoint.hostname, port: endpoint.port },
+          agent: endpoint.agent(),
+          ignorePath: true,
+          ...(buffer === undefined ? {} : { buffer }),
+        } as httpProxy.ServerOptions,
+        (err) => fail(err),
+      );
+    });
+
+  return {
+    handler,
+    close: () => proxy.close(),
+  };
+}
