@@ -10,16 +10,16 @@ import { formatIssue, loadConfigText } from './config/load.js';
 import type { HostPort, LegateConfig, RouteSettings } from './config/model.js';
 import { createForwarder, type Forwarder } from './layers/forward.js';
 import type { Logger } from './observability/logger.js';
+import { createObserver, type Observer } from './observability/observer.js';
+import { TlsAgents } from './tls/tls-agents.js';
 import { createAdminListener } from './server/admin-listener.js';
 import { createProxyListener, type EarlyOutcome } from './server/proxy-listener.js';
 import type { RequestContext } from './proxy/context.js';
-import { AgentPool, httpAgentFactory, type AgentFactory } from './runtime/agents.js';
+import { AgentPool, httpAgentFactory } from './runtime/agents.js';
 import { buildGeneration, droppedStates, type Generation, MAIN_LISTENER } from './runtime/generation.js';
 
 export interface AppOptions {
   readonly logger: Logger;
-  /** Builds https pools (the TLS layer); plain https without client certs by default. */
-  readonly httpsAgentFactory?: AgentFactory;
 }
 
 export interface ReloadResult {
@@ -94,7 +94,9 @@ export function configView(config: LegateConfig): unknown {
 
 export class LegateApp {
   readonly logger: Logger;
+  readonly observer: Observer;
   readonly #agents: AgentPool;
+  readonly #tls: TlsAgents;
   readonly #forwarder: Forwarder;
   #generation: Generation;
   #proxy: Server | undefined;
@@ -107,7 +109,10 @@ export class LegateApp {
 
   constructor(config: LegateConfig, opts: AppOptions) {
     this.logger = opts.logger;
-    this.#agents = new AgentPool({ http: httpAgentFactory, https: opts.httpsAgentFactory ?? httpAgentFactory });
+    this.observer = createObserver(opts.logger);
+    this.#tls = new TlsAgents(opts.logger);
+    this.#agents = new AgentPool({ http: httpAgentFactory, https: this.#tls.factory });
+    this.#tls.attach(this.#agents);
     this.#forwarder = createForwarder();
     this.#generation = this.#build(config, undefined);
   }
@@ -116,7 +121,7 @@ export class LegateApp {
     const forward = this.#forwarder.handler;
     return buildGeneration(config, previous, {
       agents: this.#agents,
-      compose: (route) => composeChain(route, { forward }),
+      compose: (route) => composeChain(route, { forward, observer: this.observer }),
     });
   }
 
@@ -141,7 +146,8 @@ export class LegateApp {
     );
   }
 
-  #onComplete(_ctx: RequestContext | EarlyOutcome): void {
+  #onComplete(outcome: RequestContext | EarlyOutcome): void {
+    this.observer.onComplete(outcome);
     this.#active--;
     if (this.#active === 0) this.#idle?.();
   }
@@ -155,6 +161,7 @@ export class LegateApp {
       ready: () => this.#ready,
       draining: () => this.#draining,
       configView: () => configView(this.#generation.config),
+      metrics: () => this.observer.metrics(),
     });
     try {
       await listen(proxy, config.listen);
@@ -237,6 +244,7 @@ export class LegateApp {
     const loaded = loadConfigText(text, file);
     if (!loaded.ok) {
       const errors = loaded.issues.map(formatIssue);
+      this.observer.reload('rejected');
       this.logger.error({ file, errors }, 'config reload rejected; the previous config keeps serving');
       return { ok: false, errors };
     }
@@ -253,12 +261,14 @@ export class LegateApp {
       await this.#syncRouteListeners(next);
     } catch (e) {
       const errors = [(e as Error).message];
+      this.observer.reload('rejected');
       this.logger.error({ file: config.file, errors }, 'config reload rejected; the previous config keeps serving');
       return { ok: false, errors };
     }
     this.#generation = next;
     previous.retire(droppedStates(previous, next));
     this.#agents.retainOnly(next.agentIds);
+    this.observer.reload('applied');
     const kept = next.routes.filter((r) => previous.routes.some((p) => p.state === r.state)).map((r) => r.name);
     this.logger.info({ file: config.file, routes: next.routes.length, keptState: kept }, 'config reload applied');
     if (restartOnly.length > 0) {
@@ -301,6 +311,8 @@ export class LegateApp {
     this.#routeListeners.clear();
     this.#forwarder.close();
     this.#agents.destroy();
+    this.#tls.close();
+    await this.observer.close();
     this.#generation.retire(this.#generation.states());
   }
 }

@@ -5,12 +5,15 @@
  */
 import { createBalanceLayer } from './layers/balance.js';
 import { createDeadlineLayer } from './layers/deadline.js';
+import type { Observer } from './observability/observer.js';
 import type { Handler, Layer } from './proxy/types.js';
 import type { RouteRuntime } from './runtime/route-runtime.js';
 
 export interface ChainDeps {
   /** The terminal handler: one try at the chosen endpoint. */
   readonly forward: Handler;
+  /** Where layers report what they did (breaker transitions). */
+  readonly observer: Observer;
 }
 
 export function composeChain(_route: RouteRuntime, deps: ChainDeps): Handler {

@@ -1,0 +1,80 @@
+/**
+ * Real upstream servers on 127.0.0.1 for tests, counting what they receive.
+ */
+import http from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import { once } from 'node:events';
+import type { AddressInfo, Socket } from 'node:net';
+
+export interface SeenRequest {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+export interface Upstream {
+  readonly port: number;
+  readonly url: string;
+  /** Every request received, in order (bodies fully read before the handler runs, unless `stream`). */
+  readonly seen: SeenRequest[];
+  readonly server: Server;
+  close(): Promise<void>;
+}
+
+export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer, n: number) => void | Promise<void>;
+
+/** Echoes method, url, headers and body length as JSON. */
+export const echo: UpstreamHandler = (req, res, body) => {
+  res.setHeader('content-type', 'application/json');
+  res.end(JSON.stringify({ method: req.method, url: req.url, headers: req.headers, bodyBytes: body.length, port: req.socket.localPort }));
+};
+
+export async function startUpstream(handler: UpstreamHandler = echo, opts: { stream?: boolean } = {}): Promise<Upstream> {
+  const seen: SeenRequest[] = [];
+  const sockets = new Set<Socket>();
+  const server = http.createServer((req, res) => {
+    const n = seen.length;
+    const record: SeenRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.alloc(0) };
+    seen.push(record);
+    if (opts.stream === true) {
+      void handler(req, res, Buffer.alloc(0), n);
+      return;
+    }
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      record.body = Buffer.concat(chunks);
+      void handler(req, res, record.body, n);
+    });
+  });
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    seen,
+    server,
+    async close() {
+      for (const s of sockets) s.destroy();
+      server.close();
+      if (server.listening) await once(server, 'close');
+    },
+  };
+}
+
+/** A port that nothing listens on (bound then released). */
+export async function deadPort(): Promise<number> {
+  const s = http.createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as AddressInfo).port;
+  s.close();
+  await once(s, 'close');
+  return port;
+}
