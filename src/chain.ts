@@ -1,13 +1,18 @@
 /**
  * THE order of the layers, outermost first. A request flows down this list
  * to the forwarder; the response (or error) flows back up. Each route's chain
- * is composed once, when the config loads.
+ * is composed once, when the config loads. Logging and metrics are not layers:
+ * they read the finished request (observer.ts), so they see every outcome,
+ * including errors raised by any layer here and failures while streaming.
  */
 import { createBalanceLayer } from './layers/balance.js';
+import { createCircuitBreakerLayer, endpointUsable } from './layers/circuit-breaker.js';
+import { createControlHeaderLayer } from './layers/control-headers.js';
 import { createDeadlineLayer } from './layers/deadline.js';
+import { createRetryLayer } from './layers/retry.js';
 import type { Observer } from './observability/observer.js';
 import type { Handler, Layer } from './proxy/types.js';
-import type { RouteRuntime } from './runtime/route-runtime.js';
+import type { Endpoint, RouteRuntime } from './runtime/route-runtime.js';
 
 export interface ChainDeps {
   /** The terminal handler: one try at the chosen endpoint. */
@@ -16,12 +21,19 @@ export interface ChainDeps {
   readonly observer: Observer;
 }
 
-export function composeChain(_route: RouteRuntime, deps: ChainDeps): Handler {
+export function composeChain(route: RouteRuntime, deps: ChainDeps): Handler {
+  const usable = (e: Endpoint): boolean => endpointUsable(route, e, deps.observer);
   const layers: Layer[] = [
-    // Outermost after control headers: the deadline must cover every try and all back-off.
+    // First: a malformed control header is a 400 before anything else happens, and the policy it sets governs the rest.
+    createControlHeaderLayer(),
+    // Outside the retries: the deadline covers every try and all back-off (and, in respond.ts, the body).
     createDeadlineLayer(),
-    // Per try, so each retry can land on another endpoint.
-    createBalanceLayer(),
+    // Calls the layers below once per try.
+    createRetryLayer({ anyEndpointUsable: (_req, endpoints) => endpoints.some(usable) }),
+    // Per try, so a retry can land on another endpoint, skipping open breakers.
+    createBalanceLayer(usable),
+    // Per try and per endpoint: every try counts, and an open breaker answers without contacting anything.
+    createCircuitBreakerLayer(deps.observer),
   ];
   return layers.reduceRight<Handler>((next, layer) => layer(next), deps.forward);
 }

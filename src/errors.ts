@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'upstream-reset'
   | 'upstream-tls-failure'
   | 'upstream-timeout'
+  | 'client-closed'
   | 'internal-error';
 
 export const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = Object.freeze({
@@ -34,6 +35,8 @@ export const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = Object.freeze
   'upstream-reset': 502,
   'upstream-tls-failure': 502,
   'upstream-timeout': 504,
+  // nginx's convention; logged only, since the app that would read it is gone.
+  'client-closed': 499,
   'internal-error': 500,
 });
 

@@ -71,6 +71,8 @@ export class RequestContext implements ProxyRequest {
   upstreamMs: number | undefined = undefined;
   /** Set when the response failed after its head reached the app (the connection was reset). */
   resetAfterHead = false;
+  /** Set when a retry was wanted but the route's retry budget was spent. */
+  budgetExhausted = false;
 
   readonly #controller = new AbortController();
   #timers: NodeJS.Timeout[] = [];

@@ -118,7 +118,7 @@ export function createProxyListener(host: ProxyListenerHost, listenerKey: string
     generation.enter();
     // The app hung up before the response ended: stop the upstream work now.
     res.once('close', () => {
-      if (!res.writableFinished) ctx.abort(new LegateError('upstream-reset', 'the app closed the connection'));
+      if (!res.writableFinished) ctx.abort(new LegateError('client-closed', 'the app closed the connection'));
     });
     void run(ctx, generation);
   };

@@ -1,0 +1,139 @@
+/**
+ * Circuit breaking (SPEC §7) on opossum: one breaker per endpoint of a
+ * route (a single-endpoint route thus has one per route). It counts every
+ * try; the failures are the route's `failOn`, including 5xx responses, which
+ * opossum would otherwise see as successes. Open: `503 circuit-open` with
+ * `Retry-After`, nothing sent. After `resetTimeout` one trial goes through.
+ */
+import CircuitBreaker from 'opossum';
+import { performance } from 'node:perf_hooks';
+import type { CircuitBreakerSettings } from '../config/model.js';
+import { LegateError, isLegateError } from '../errors.js';
+import type { BreakerState, Observer } from '../observability/observer.js';
+import type { Handler, Layer, ProxyRequest, UpstreamResponse } from '../proxy/types.js';
+import type { Endpoint, RouteRuntime } from '../runtime/route-runtime.js';
+
+/** A response that counts as a failure: thrown through opossum, then handed back. */
+class CountedFailure extends Error {
+  readonly response: UpstreamResponse;
+  constructor(response: UpstreamResponse) {
+    super(`upstream answered ${response.status}`);
+    this.response = response;
+  }
+}
+
+const ERROR_CONDITION: Readonly<Record<string, string>> = {
+  'upstream-connect-failure': 'connect-failure',
+  'upstream-reset': 'reset',
+  'upstream-timeout': 'timeout',
+  'upstream-tls-failure': 'tls-failure',
+};
+
+function statusFails(status: number, failOn: CircuitBreakerSettings['failOn']): boolean {
+  for (const c of failOn) {
+    if (c === status) return true;
+    if (c === '5xx' && status >= 500) return true;
+    if (c === 'gateway-error' && (status === 502 || status === 503 || status === 504)) return true;
+  }
+  return false;
+}
+
+/** A breaker with the bookkeeping legate adds: when it opened, and its dispose. */
+export class EndpointBreaker {
+  readonly breaker: CircuitBreaker<[ProxyRequest, Handler], UpstreamResponse>;
+  readonly #resetTimeoutMs: number;
+  #openedAt = 0;
+  #state: BreakerState = 'closed';
+
+  constructor(settings: CircuitBreakerSettings, onTransition: (from: BreakerState, to: BreakerState) => void) {
+    this.#resetTimeoutMs = settings.resetTimeoutMs;
+    const failOn = settings.failOn;
+    this.breaker = new CircuitBreaker<[ProxyRequest, Handler], UpstreamResponse>(
+      async (req, next) => {
+        const response = await next(req);
+        if (statusFails(response.status, failOn)) throw new CountedFailure(response);
+        return response;
+      },
+      {
+        // Deadlines are legate's own (deadline and per-try timeout); opossum's would leave the socket running.
+        timeout: false,
+        resetTimeout: settings.resetTimeoutMs,
+        rollingCountTimeout: settings.windowMs,
+        rollingCountBuckets: 10,
+        volumeThreshold: settings.volumeThreshold,
+        // opossum opens when the rate exceeds the threshold; SPEC opens when it reaches it.
+        errorThresholdPercentage: settings.errorThresholdPercentage - 1e-9,
+        enableSnapshots: false,
+        // True means "not a failure of the upstream": failures outside failOn, and the app hanging up.
+        errorFilter: (err: unknown) => {
+          if (err instanceof CountedFailure) return false;
+          if (!isLegateError(err)) return true;
+          const condition = ERROR_CONDITION[err.code];
+          return condition === undefined || !failOn.includes(condition as never);
+        },
+      },
+    );
+    const move = (to: BreakerState) => () => {
+      const from = this.#state;
+      this.#state = to;
+      if (to === 'open') this.#openedAt = performance.now();
+      if (from !== to) onTransition(from, to);
+    };
+    this.breaker.on('open', move('open'));
+    this.breaker.on('halfOpen', move('half-open'));
+    this.breaker.on('close', move('closed'));
+  }
+
+  get state(): BreakerState {
+    return this.#state;
+  }
+
+  /** False while open, and while half-open with its one trial already in flight. */
+  allows(): boolean {
+    return this.breaker.closed || this.breaker.pendingClose;
+  }
+
+  /** Seconds until a trial request will be let through. */
+  retryAfterSeconds(): number {
+    return Math.max(1, Math.ceil((this.#openedAt + this.#resetTimeoutMs - performance.now()) / 1000));
+  }
+
+  dispose(): void {
+    this.breaker.shutdown();
+  }
+}
+
+/** The breaker of one endpoint of a route, created on first use. */
+export function breakerFor(route: RouteRuntime, endpoint: Endpoint, observer: Observer): EndpointBreaker {
+  return endpoint.state.get('breaker', () => {
+    const name = route.name;
+    return new EndpointBreaker(route.settings.circuitBreaker, (from, to) => observer.breakerTransition(name, endpoint.key, from, to));
+  });
+}
+
+/** Endpoint filter for the balancer and the retry layer: is this endpoint's breaker letting requests through? */
+export function endpointUsable(route: RouteRuntime, endpoint: Endpoint, observer: Observer): boolean {
+  return !route.settings.circuitBreaker.enabled || breakerFor(route, endpoint, observer).allows();
+}
+
+export function createCircuitBreakerLayer(observer: Observer): Layer {
+  return (next) => async (req) => {
+    const route = req.route;
+    const endpoint = req.endpoint;
+    if (!route.settings.circuitBreaker.enabled || endpoint === undefined || req.policy.optOut.has('circuit-breaker')) {
+      return next(req);
+    }
+    const b = breakerFor(route, endpoint, observer);
+    try {
+      return await b.breaker.fire(req, next);
+    } catch (e) {
+      if (e instanceof CountedFailure) return e.response;
+      if ((e as { code?: string }).code === 'EOPENBREAKER') {
+        throw new LegateError('circuit-open', `circuit breaker for ${endpoint.key} on route ${route.name} is open`, {
+          retryAfterSeconds: b.retryAfterSeconds(),
+        });
+      }
+      throw e;
+    }
+  };
+}
