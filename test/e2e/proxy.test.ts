@@ -1,0 +1,312 @@
+/**
+ * The core contract (SPEC §2, §5) through real sockets: a real upstream on
+ * 127.0.0.1, legate in-process, requests from a plain HTTP client or a raw socket.
+ */
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { rawExchange, request } from '../helpers/client.js';
+import { startApp, type InProcess } from '../helpers/legate.js';
+import { deadPort, echo, startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function upstream(...args: Parameters<typeof startUpstream>): Promise<Upstream> {
+  const u = await startUpstream(...args);
+  cleanups.push(() => u.close());
+  return u;
+}
+async function legate(yaml: string): Promise<InProcess> {
+  const l = await startApp(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`);
+  cleanups.push(() => l.stop());
+  return l;
+}
+
+interface Echo {
+  method: string;
+  url: string;
+  headers: Record<string, string>;
+  bodyBytes: number;
+  port: number;
+}
+
+describe('routing and forwarding', () => {
+  it('strips the prefix, joins the upstream base path and keeps path and query byte for byte', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:
+  - name: payments
+    match: { pathPrefix: /payments }
+    stripPrefix: true
+    upstream: ${up.url}/api/v2
+`);
+    for (const [sent, forwarded] of [
+      ["/payments/charge//x'y?a=//b&c=%20&d", "/api/v2/charge//x'y?a=//b&c=%20&d"],
+      ['/payments', '/api/v2'],
+      ['/payments?x=1', '/api/v2?x=1'],
+      ['/payments/a/./b', '/api/v2/a/b'],
+    ] as const) {
+      const r = await request({ port: l.proxyPort, path: sent });
+      expect(r.status).toBe(200);
+      expect(r.json<Echo>().url).toBe(forwarded);
+    }
+  });
+
+  it('sends the upstream authority as Host unless preserveHost, and drops hop-by-hop and control headers', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:
+  - name: plain
+    match: { pathPrefix: /plain }
+    upstream: ${up.url}
+  - name: keep
+    match: { pathPrefix: /keep }
+    preserveHost: true
+    upstream: ${up.url}
+`);
+    const headers = {
+      host: 'app.local:15001',
+      connection: 'keep-alive, x-hop',
+      'x-hop': 'secret',
+      'keep-alive': 'timeout=5',
+      'proxy-authorization': 'Basic eA==',
+      'x-legate-max-retries': '1',
+      'x-legate-anything': 'x',
+      'x-envoy-max-retries': '1',
+      traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+      tracestate: 'congo=t61rcWkgMzE',
+      'x-app': 'kept',
+    };
+    const plain = (await request({ port: l.proxyPort, path: '/plain', headers })).json<Echo>().headers;
+    expect(plain.host).toBe(`127.0.0.1:${up.port}`);
+    for (const dropped of ['x-hop', 'keep-alive', 'proxy-authorization', 'x-legate-max-retries', 'x-legate-anything', 'x-envoy-max-retries']) {
+      expect(plain[dropped], dropped).toBeUndefined();
+    }
+    expect(plain.traceparent).toBe(headers.traceparent);
+    expect(plain.tracestate).toBe(headers.tracestate);
+    expect(plain['x-app']).toBe('kept');
+    const kept = (await request({ port: l.proxyPort, path: '/keep', headers })).json<Echo>().headers;
+    expect(kept.host).toBe('app.local:15001');
+  });
+
+  it('keeps the app’s x-request-id, or makes one, sends it upstream and returns it with the legate headers', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:\n  - name: r\n    upstream: ${up.url}\n`);
+    const kept = await request({ port: l.proxyPort, path: '/', headers: { 'x-request-id': 'abc-123' } });
+    expect(kept.headers['x-request-id']).toBe('abc-123');
+    expect(kept.json<Echo>().headers['x-request-id']).toBe('abc-123');
+    expect(kept.headers['x-legate-route']).toBe('r');
+    expect(kept.headers['x-legate-attempts']).toBe('1');
+    expect(Number(kept.headers['x-legate-upstream-time-ms'])).toBeGreaterThanOrEqual(0);
+    const made = await request({ port: l.proxyPort, path: '/' });
+    expect(made.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(made.json<Echo>().headers['x-request-id']).toBe(made.headers['x-request-id']);
+  });
+
+  it('takes absolute-form (HTTP_PROXY) requests by URL host, and answers 404 no-route for any other host without sending anything', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:
+  - name: payments
+    match: { host: payments.internal }
+    upstream: ${up.url}
+  - name: catch-all
+    match: { pathPrefix: / }
+    upstream: ${up.url}
+`);
+    const ok = await request({ port: l.proxyPort, path: 'http://payments.internal/charge?x=1' });
+    expect(ok.status).toBe(200);
+    expect(ok.headers['x-legate-route']).toBe('payments');
+    expect(ok.json<Echo>().url).toBe('/charge?x=1');
+    const before = up.seen.length;
+    const denied = await request({ port: l.proxyPort, path: 'http://169.254.169.254/latest/meta-data' });
+    expect(denied.status).toBe(404);
+    expect(denied.headers['x-legate-error']).toBe('no-route');
+    expect(denied.json()).toMatchObject({ error: 'no-route', route: null, attempts: 0, requestId: denied.headers['x-request-id'] });
+    expect(up.seen.length).toBe(before);
+  });
+
+  it('answers CONNECT with 405 connect-unsupported and a hint to call http://', async () => {
+    const l = await legate(`routes:\n  - name: r\n    upstream: http://127.0.0.1:9\n`);
+    const raw = await rawExchange(l.proxyPort, 'CONNECT payments.internal:443 HTTP/1.1\r\nHost: payments.internal:443\r\n\r\n');
+    expect(raw).toMatch(/^HTTP\/1\.1 405 /);
+    expect(raw).toMatch(/x-legate-error: connect-unsupported/i);
+    expect(raw).toMatch(/http:\/\//);
+  });
+
+  it('refuses a path that climbs out of its prefix with 400, sent raw so no client normalises it first', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:
+  - name: api
+    match: { pathPrefix: /api }
+    upstream: ${up.url}
+  - name: admin
+    match: { pathPrefix: /admin }
+    upstream: ${up.url}
+`);
+    for (const path of ['/api/../admin', '/api/%2e%2e/admin', '/..']) {
+      const raw = await rawExchange(l.proxyPort, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      expect(raw, path).toMatch(/^HTTP\/1\.1 400 /);
+      expect(raw).toMatch(/x-legate-error: bad-request/i);
+    }
+    expect(up.seen.length).toBe(0);
+  });
+
+  it('spreads requests over a weighted list by weight', async () => {
+    const a = await upstream();
+    const b = await upstream();
+    const l = await legate(`routes:
+  - name: w
+    upstream: [{ url: "${a.url}", weight: 3 }, { url: "${b.url}", weight: 1 }]
+`);
+    for (let i = 0; i < 40; i++) expect((await request({ port: l.proxyPort, path: '/' })).status).toBe(200);
+    expect(a.seen.length).toBe(30);
+    expect(b.seen.length).toBe(10);
+  });
+
+  it('gives a route with its own listener that whole port', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:
+  - name: main
+    match: { pathPrefix: /main }
+    upstream: ${up.url}
+  - name: own
+    listen: 127.0.0.1:0
+    upstream: ${up.url}/own
+`);
+    const port = Number(l.app.address('127.0.0.1:0')?.split(':').pop());
+    const r = await request({ port, path: '/anything?x' });
+    expect(r.headers['x-legate-route']).toBe('own');
+    expect(r.json<Echo>().url).toBe('/own/anything?x');
+    expect((await request({ port: l.proxyPort, path: '/anything' })).status).toBe(404);
+  });
+
+  it('maps a refused connection to 502 upstream-connect-failure with the JSON error body', async () => {
+    const port = await deadPort();
+    const l = await legate(`routes:
+  - name: dead
+    upstream: http://127.0.0.1:${port}
+    retry: { retries: 0 }
+`);
+    const r = await request({ port: l.proxyPort, path: '/x' });
+    expect(r.status).toBe(502);
+    expect(r.headers['x-legate-error']).toBe('upstream-connect-failure');
+    expect(r.json()).toMatchObject({ error: 'upstream-connect-failure', route: 'dead', attempts: 1, requestId: r.headers['x-request-id'] });
+    expect(String(r.json().message)).toContain(`127.0.0.1:${port}`);
+  });
+
+  it('passes an upstream 5xx through as the upstream sent it, with the legate headers', async () => {
+    const up = await upstream((_req, res) => {
+      res.writeHead(500, { 'content-type': 'text/plain', 'x-upstream': 'yes' });
+      res.end('upstream broke');
+    });
+    const l = await legate(`routes:\n  - name: r\n    upstream: ${up.url}\n    retry: { retries: 0 }\n`);
+    const r = await request({ port: l.proxyPort, path: '/' });
+    expect(r.status).toBe(500);
+    expect(r.body).toBe('upstream broke');
+    expect(r.headers['x-upstream']).toBe('yes');
+    expect(r.headers['x-legate-error']).toBeUndefined();
+    expect(r.headers['x-legate-route']).toBe('r');
+  });
+
+  it('answers Expect: 100-continue itself and forwards the body without the Expect header', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:\n  - name: r\n    upstream: ${up.url}\n`);
+    const body = await new Promise<Echo>((resolve, reject) => {
+      const req = http.request({ port: l.proxyPort, method: 'POST', path: '/', headers: { expect: '100-continue', 'content-length': '5' } });
+      req.on('continue', () => req.end('hello'));
+      req.on('response', (res) => {
+        let s = '';
+        res.on('data', (c: Buffer) => (s += c.toString()));
+        res.on('end', () => resolve(JSON.parse(s) as Echo));
+      });
+      req.on('error', reject);
+    });
+    expect(body.bodyBytes).toBe(5);
+    expect(body.headers.expect).toBeUndefined();
+  });
+});
+
+describe('streaming', () => {
+  const SIZE = 100 * 1024 * 1024;
+  function* chunks(): Generator<Buffer> {
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    for (let sent = 0; sent < SIZE; sent += chunk.length) yield chunk;
+  }
+
+  it('streams a 100 MiB upload and a 100 MiB download without holding them in memory', async () => {
+    const up = await upstream(
+      (req, res) => {
+        if (req.method === 'POST') {
+          const hash = createHash('sha256');
+          let n = 0;
+          req.on('data', (c: Buffer) => {
+            n += c.length;
+            hash.update(c);
+          });
+          req.on('end', () => res.end(JSON.stringify({ n, sha: hash.digest('hex') })));
+        } else {
+          res.writeHead(200, { 'content-length': String(SIZE) });
+          Readable.from(chunks()).pipe(res);
+        }
+      },
+      { stream: true },
+    );
+    const l = await legate(`routes:\n  - name: big\n    upstream: ${up.url}\n    retry: { retries: 0 }\n`);
+    const base = process.memoryUsage();
+    let peak = 0;
+    const sample = setInterval(() => {
+      const m = process.memoryUsage();
+      peak = Math.max(peak, m.heapUsed + m.arrayBuffers - base.heapUsed - base.arrayBuffers);
+    }, 20);
+    try {
+      const expected = createHash('sha256');
+      for (const c of chunks()) expected.update(c);
+      const upload = await new Promise<{ n: number; sha: string }>((resolve, reject) => {
+        const req = http.request({ port: l.proxyPort, method: 'POST', path: '/up', headers: { 'content-length': String(SIZE) } }, (res) => {
+          let s = '';
+          res.on('data', (c: Buffer) => (s += c.toString()));
+          res.on('end', () => resolve(JSON.parse(s) as { n: number; sha: string }));
+        });
+        req.on('error', reject);
+        void pipeline(Readable.from(chunks()), req);
+      });
+      expect(upload).toEqual({ n: SIZE, sha: expected.digest('hex') });
+
+      const downloaded = await new Promise<number>((resolve, reject) => {
+        http.get({ port: l.proxyPort, path: '/down' }, (res) => {
+          let n = 0;
+          res.on('data', (c: Buffer) => (n += c.length));
+          res.on('end', () => resolve(n));
+          res.on('error', reject);
+        });
+      });
+      expect(downloaded).toBe(SIZE);
+    } finally {
+      clearInterval(sample);
+    }
+    // Both directions together moved 200 MiB through this process; a bounded pipe stays far below it.
+    expect(peak).toBeLessThan(48 * 1024 * 1024);
+  }, 60_000);
+});
+
+describe('admin', () => {
+  it('serves /healthz, /readyz and /config without header values', async () => {
+    const up = await upstream(echo);
+    const l = await legate(`routes:
+  - name: r
+    upstream: ${up.url}
+    headers:
+      request:
+        set: { authorization: "Bearer s3cr3t-value" }
+`);
+    expect((await request({ port: l.adminPort, path: '/healthz' })).status).toBe(200);
+    expect((await request({ port: l.adminPort, path: '/readyz' })).status).toBe(200);
+    const config = await request({ port: l.adminPort, path: '/config' });
+    expect(config.status).toBe(200);
+    expect(config.body).not.toContain('s3cr3t-value');
+    expect(config.json<{ routes: Array<{ name: string }> }>().routes[0]?.name).toBe('r');
+  });
+});
