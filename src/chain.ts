@@ -6,6 +6,7 @@
  * including errors raised by any layer here and failures while streaming.
  */
 import { createBalanceLayer } from './layers/balance.js';
+import { createBodyLimitLayer } from './layers/body-limit.js';
 import { createCircuitBreakerLayer, endpointUsable } from './layers/circuit-breaker.js';
 import { createControlHeaderLayer } from './layers/control-headers.js';
 import { createDeadlineLayer } from './layers/deadline.js';
@@ -30,6 +31,8 @@ export function composeChain(route: RouteRuntime, deps: ChainDeps): Handler {
     createDeadlineLayer(),
     // Calls the layers below once per try.
     createRetryLayer({ anyEndpointUsable: (_req, endpoints) => endpoints.some(usable) }),
+    // Below the retries, so it counts the body as it is actually sent (buffered or streamed); 413 before any byte goes out when the length is known.
+    createBodyLimitLayer(),
     // Per try, so a retry can land on another endpoint, skipping open breakers.
     createBalanceLayer(usable),
     // Per try and per endpoint: every try counts, and an open breaker answers without contacting anything.

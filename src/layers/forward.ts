@@ -6,6 +6,7 @@
  */
 import type { ClientRequest, IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import { PassThrough, type Readable } from 'node:stream';
 import httpProxy from 'http-proxy';
 import { classifyUpstreamFailure, isLegateError, LegateError, UpstreamError, type LegateError as LE } from '../errors.js';
 import type { Handler, ProxyRequest, TryRecord, UpstreamResponse } from '../proxy/types.js';
@@ -65,6 +66,12 @@ export function createForwarder(): Forwarder {
       req.tries.push(record);
       let proxyReq: ClientRequest | undefined;
       let settled = false;
+      // A body stream other than the app's own may already hold data; writing any of it would
+      // make Node write the request head before onProxyReq sets the path. So it waits behind a
+      // gate that opens in onProxyReq. (The app's stream itself starts flowing only after the
+      // socket is assigned, because http-proxy pipes it after creating the request.)
+      const body: Readable | undefined = req.body.open();
+      const gate = body === undefined ? undefined : new PassThrough();
       const trySignal = (req as ProxyRequest & TrySignalCarrier)[TRY_SIGNAL];
 
       const cleanup = (): void => {
@@ -103,6 +110,10 @@ export function createForwarder(): Forwarder {
           }
           // Set here, not through http-proxy's URL joining, which collapses `//` and re-escapes the path.
           pr.path = upstreamPath(endpoint.basePath, req.forwardPath);
+          if (body !== undefined && gate !== undefined) {
+            body.on('error', fail);
+            body.pipe(gate);
+          }
           const idle = req.route.settings.idleTimeoutMs;
           if (idle > 0) pr.setTimeout(idle, () => pr.destroy(new IdleTimeoutError('idle')));
         },
@@ -141,7 +152,6 @@ export function createForwarder(): Forwarder {
       if (!req.route.settings.preserveHost) req.headers.host = endpoint.authority;
       // http-proxy copies the outgoing headers from `req.headers`: give it the cleaned set.
       req.raw.headers = req.headers as IncomingMessage['headers'];
-      const buffer = req.body.open();
       proxy.web(
         req.raw,
         req.appResponse,
@@ -149,7 +159,7 @@ export function createForwarder(): Forwarder {
           target: { protocol: endpoint.protocol, host: endpoint.hostname, hostname: endpoint.hostname, port: endpoint.port },
           agent: endpoint.agent(),
           ignorePath: true,
-          ...(buffer === undefined ? {} : { buffer }),
+          ...(gate === undefined ? {} : { buffer: gate }),
         } as httpProxy.ServerOptions,
         (err) => fail(err),
       );

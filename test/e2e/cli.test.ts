@@ -28,7 +28,9 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 async function upstream(tag: string): Promise<Upstream> {
-  const u = await startUpstream((_req, res) => res.end(tag));
+  const u = await startUpstream((_req, res) => {
+    res.end(tag);
+  });
   cleanups.push(() => u.close());
   return u;
 }

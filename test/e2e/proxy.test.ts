@@ -229,6 +229,43 @@ describe('routing and forwarding', () => {
   });
 });
 
+describe('request body limit', () => {
+  it('answers 413 request-too-large for a declared length over the limit without contacting the upstream', async () => {
+    const up = await upstream();
+    const l = await legate(`routes:\n  - name: r\n    upstream: ${up.url}\n    limits: { maxRequestBody: 1KiB }\n`);
+    const ok = await request({ port: l.proxyPort, method: 'POST', path: '/', body: Buffer.alloc(1024) });
+    expect(ok.json<Echo>().bodyBytes).toBe(1024);
+    const big = await request({ port: l.proxyPort, method: 'POST', path: '/', body: Buffer.alloc(1025) });
+    expect(big.status).toBe(413);
+    expect(big.headers['x-legate-error']).toBe('request-too-large');
+    expect(up.seen.length).toBe(1);
+  });
+
+  it('cuts a chunked body when it passes the limit, retried or streamed', async () => {
+    const up = await upstream(echo);
+    for (const retries of [0, 2]) {
+      const l = await legate(`routes:\n  - name: r\n    upstream: ${up.url}\n    limits: { maxRequestBody: 100KiB }\n    retry: { retries: ${retries} }\n`);
+      const send = (size: number) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const req = http.request({ port: l.proxyPort, method: 'PUT', path: '/', headers: { 'transfer-encoding': 'chunked' } }, (res) => {
+            let b = '';
+            res.on('data', (c: Buffer) => (b += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
+          });
+          req.on('error', reject);
+          for (let sent = 0; sent < size; sent += 10 * 1024) req.write(Buffer.alloc(10 * 1024));
+          req.end();
+        });
+      const small = await send(50 * 1024);
+      expect(small.status, `retries ${retries}`).toBe(200);
+      expect((JSON.parse(small.body) as Echo).bodyBytes).toBe(50 * 1024);
+      const big = await send(300 * 1024);
+      expect(big.status, `retries ${retries}`).toBe(413);
+      expect(big.body).toContain('request-too-large');
+    }
+  });
+});
+
 describe('streaming', () => {
   const SIZE = 100 * 1024 * 1024;
   function* chunks(): Generator<Buffer> {
