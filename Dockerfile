@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+#
+# legate — an outbound HTTP proxy sidecar (ambassador).
+#
+#   docker build -t legate:local .
+#
+# Base image: Debian bookworm-slim rather than Alpine. Node's Alpine builds are
+# an "experimental" tier upstream (musl), while glibc builds are tier 1; legate
+# resolves upstream hosts through getaddrinfo (Kubernetes search domains,
+# ndots) and does DNS discovery, where glibc behaves exactly as every other
+# workload on the node does. The size difference (~25 MB compressed) is not
+# worth a second libc to debug at 3 a.m. For production, pin the base image by
+# digest: --build-arg NODE_IMAGE=node:24-bookworm-slim@sha256:...
+ARG NODE_IMAGE=node:24-bookworm-slim
+
+# ---------------------------------------------------------------- build ----
+FROM ${NODE_IMAGE} AS build
+WORKDIR /app
+# Dependencies first, so the layer is reused until the lockfile changes.
+# --ignore-scripts: `prepare` would build before the sources are copied; the
+# build runs explicitly below, and no dependency needs an install script.
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+# The JSON Schema is generated from the sources, so the image always ships
+# the one that matches the code (it need not be committed).
+RUN npm run build && npm run schema
+
+# -------------------------------------------------------------- runtime ----
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+# Production dependencies only, no install scripts; files stay owned by root
+# so the running process cannot modify its own code.
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm cache clean --force \
+ && rm -rf /root/.npm /tmp/*
+COPY --from=build /app/dist ./dist
+COPY --from=build /app/schema ./schema
+
+# The image's `node` user, by number: Kubernetes can only enforce
+# `runAsNonRoot: true` when the image's user is numeric.
+USER 1000:1000
+
+# 15001: the proxy the app calls; 15000: admin (/healthz, /readyz, /metrics, /config).
+# legate binds both to 127.0.0.1 unless routes.yaml says otherwise, which is
+# right for a sidecar that shares the app's network namespace (Kubernetes pod,
+# `network_mode: service:app`). Publishing 15001 from a standalone container
+# (`docker run -p`) only works with `listen: 0.0.0.0:15001` in routes.yaml.
+EXPOSE 15001 15000
+
+# Docker only (Kubernetes ignores HEALTHCHECK and uses the probes in
+# deploy/kubernetes). Node itself makes the request: slim images have no curl.
+# LEGATE_HEALTH_URL overrides the address when routes.yaml moves `admin:`.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["node", "-e", "fetch(process.env.LEGATE_HEALTH_URL||'http://127.0.0.1:15000/healthz',{signal:AbortSignal.timeout(2000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+
+# legate is PID 1 and handles SIGTERM itself: readiness goes 503, listeners
+# close, in-flight requests get up to drainTimeout (default 10s), exit 0.
+# Give `docker stop -t` / compose `stop_grace_period` more than drainTimeout.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["node", "/app/dist/cli.js"]
+CMD ["--config", "/etc/legate/routes.yaml"]
