@@ -109,12 +109,14 @@ export class LegateApp {
 
   constructor(config: LegateConfig, opts: AppOptions) {
     this.logger = opts.logger;
-    this.observer = createObserver(opts.logger);
+    this.observer = createObserver(opts.logger, { accessLog: config.accessLog, activeRequests: () => this.#active, certificates: () => this.#tls.certificates(), routes: () => this.#generation.routes });
     this.#tls = new TlsAgents(opts.logger);
     this.#agents = new AgentPool({ http: httpAgentFactory, https: this.#tls.factory });
     this.#tls.attach(this.#agents);
     this.#forwarder = createForwarder();
     this.#generation = this.#build(config, undefined);
+    // Read certificates now, not on first use, so expiry is reported and warned about from the start.
+    this.#tls.preload(config.routes.flatMap((r) => r.upstream.endpoints));
   }
 
   #build(config: LegateConfig, previous: Generation | undefined): Generation {
@@ -268,6 +270,9 @@ export class LegateApp {
     this.#generation = next;
     previous.retire(droppedStates(previous, next));
     this.#agents.retainOnly(next.agentIds);
+    // Identities the reload dropped are no longer watched, reported, or rebuilt by a later rotation.
+    this.#tls.retain(next.agentIds);
+    this.#tls.preload(config.routes.flatMap((r) => r.upstream.endpoints));
     this.observer.reload('applied');
     const kept = next.routes.filter((r) => previous.routes.some((p) => p.state === r.state)).map((r) => r.name);
     this.logger.info({ file: config.file, routes: next.routes.length, keptState: kept }, 'config reload applied');
@@ -278,36 +283,58 @@ export class LegateApp {
   }
 
   /**
-   * Graceful stop: readiness fails, listeners stop accepting, requests in
-   * flight get up to `drainTimeout` to finish, then every socket is closed.
+   * Graceful stop (SPEC §10): readiness answers 503 at once, listeners stop
+   * accepting, keep-alive connections close as soon as their response ends,
+   * requests in flight get up to `drainTimeout` to finish; then every socket
+   * is closed and the access log flushed. The admin listener stays up until
+   * the end so orchestrators can watch readiness fail.
    */
   async stop(drainTimeoutMs = this.#generation.config.drainTimeoutMs): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
-    this.logger.info({ active: this.#active, drainTimeoutMs }, 'draining');
+    const began = Date.now();
+    this.logger.info({ active: this.#active, drainTimeoutMs }, 'drain started');
     const servers = [this.#proxy, ...this.#routeListeners.values()].filter((s): s is Server => s !== undefined);
     for (const s of servers) {
+      // Read when a response finishes: a connection that served its last request closes right after it,
+      // instead of idling for the keep-alive timeout (0 would mean "never").
+      s.keepAliveTimeout = 1;
       s.close();
       s.closeIdleConnections();
     }
+    let drained = true;
     if (this.#active > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, drainTimeoutMs);
+      drained = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), drainTimeoutMs);
         this.#idle = () => {
           clearTimeout(timer);
-          resolve();
+          resolve(true);
         };
       });
+      this.#idle = undefined;
     }
     const unfinished = this.#active;
+    if (!drained) this.logger.warn({ unfinished, drainTimeoutMs }, 'drain timeout passed: closing the connections of unfinished requests');
     await this.#closeAll();
-    this.logger.info({ unfinished }, 'drained; stopped');
+    this.logger.info({ unfinished, durationMs: Date.now() - began }, 'drain finished; stopped');
   }
 
   async #closeAll(): Promise<void> {
     const servers = [this.#proxy, this.#admin, ...this.#routeListeners.values()].filter((s): s is Server => s !== undefined);
     for (const s of servers) s.closeAllConnections();
     await Promise.all(servers.map(close));
+    if (this.#active > 0) {
+      // Requests cut just now finish asynchronously (the abort travels down the chain): let them reach the
+      // access log before it closes, but never hang the stop on one.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 1_000);
+        this.#idle = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#idle = undefined;
+    }
     this.#routeListeners.clear();
     this.#forwarder.close();
     this.#agents.destroy();
