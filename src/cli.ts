@@ -4,13 +4,14 @@
  * which route a request would take.
  */
 import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { LegateApp } from './app.js';
 import { explain } from './explain.js';
 import { formatIssue, loadConfigFile } from './config/load.js';
 import { watchConfigFile } from './config/watch.js';
-import { createLogger } from './observability/logger.js';
+import { closeLogger, createLogger } from './observability/logger.js';
 
 const USAGE = `legate — an outbound HTTP proxy sidecar (ambassador) for legacy apps
 
@@ -60,7 +61,7 @@ async function run(file: string): Promise<number> {
     await app.start();
   } catch (e) {
     logger.fatal({ err: (e as Error).message }, 'legate could not start');
-    logger.flush();
+    await closeLogger(logger);
     return 1;
   }
 
@@ -81,16 +82,19 @@ async function run(file: string): Promise<number> {
     }
   };
 
-  return new Promise<number>((resolve) => {
+  const code = await new Promise<number>((resolve) => {
     let stopping = false;
-    const stop = (signal: string): void => {
+    const stop = (signal: NodeJS.Signals): void => {
       if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting now');
-        logger.flush();
-        process.exit(1);
+        logger.warn({ signal }, 'second signal: exiting now, without waiting for requests in flight');
+        const exit = (): never => process.exit(128 + (constants.signals[signal] ?? 0));
+        // Lines written out in order if stdout takes them promptly; a stuck stdout gets 250 ms, no more.
+        setTimeout(exit, 250);
+        void closeLogger(logger).then(exit);
+        return;
       }
       stopping = true;
-      logger.info({ signal }, 'signal received');
+      logger.info({ signal }, 'signal received: draining (send it again to exit at once)');
       watcher.close();
       app.stop().then(
         () => resolve(0),
@@ -100,12 +104,12 @@ async function run(file: string): Promise<number> {
         },
       );
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-  }).then((code) => {
-    logger.flush();
-    return code;
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
   });
+  await closeLogger(logger);
+  // Exit now rather than when the event loop empties: a stray timer in any layer must not hold a stopping pod.
+  process.exit(code);
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -16,20 +16,97 @@ export interface LoggerOptions {
   pretty?: boolean;
 }
 
-export function createLogger(opts: LoggerOptions): Logger {
-  const base: pino.LoggerOptions = {
-    level: opts.level,
+/**
+ * The options every legate logger shares: one line shape. `redact: false`
+ * is for loggers whose lines are built from fixed fields and never hold
+ * headers (access lines), where the redaction pass would only cost time.
+ */
+export function loggerOptions(level: string, opts: { redact?: boolean } = {}): pino.LoggerOptions {
+  return {
+    level,
     base: { service: 'legate' },
     timestamp: pino.stdTimeFunctions.isoTime,
     formatters: { level: (label) => ({ level: label }) },
-    redact: {
-      paths: REDACTED_HEADERS.flatMap((h) => [`headers.${h}`, `headers["${h}"]`, `req.headers.${h}`, `req.headers["${h}"]`]),
-      censor: '[redacted]',
-    },
+    ...(opts.redact === false
+      ? {}
+      : {
+          redact: {
+            paths: REDACTED_HEADERS.flatMap((h) => [`headers.${h}`, `headers["${h}"]`, `req.headers.${h}`, `req.headers["${h}"]`]),
+            censor: '[redacted]',
+          },
+        }),
   };
+}
+
+/** The stream a logger writes to, so another logger can share it (and its ordering). */
+export function streamOf(logger: Logger): pino.DestinationStream {
+  // pino.symbols is pino's documented way in; its types do not index a Logger with them.
+  return (logger as unknown as Record<symbol, pino.DestinationStream>)[pino.symbols.streamSym] as pino.DestinationStream;
+}
+
+/** What `pino.destination()` returns (a SonicBoom), named without depending on sonic-boom directly. */
+export type Destination = ReturnType<typeof pino.destination>;
+
+// Destinations legate opened itself, so shutdown can write them out in order and close them.
+const owned = new WeakMap<Logger, Destination>();
+
+/** The main logger. */
+export function createLogger(opts: LoggerOptions): Logger {
+  const base = loggerOptions(opts.level);
   if (opts.destination !== undefined) return pino(base, opts.destination);
   if (opts.pretty ?? process.stdout.isTTY === true) {
-    return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l' } } });
+    const options = {
+      colorize: true,
+      translateTime: 'SYS:HH:MM:ss.l',
+      ignore: 'service',
+      // An access line reads as a request on one line; its fields follow for the details.
+      // (pino-pretty keeps an `{if key}` block only when it names that key.)
+      messageFormat: '{msg}{if path} {method} {path}{end}{if status} → {status}{end}{if durationMs} in {durationMs} ms{end}',
+    };
+    return pino({ ...base, transport: { target: 'pino-pretty', options } });
   }
-  return pino(base, pino.destination({ dest: 1, sync: false }));
+  const destination = pino.destination({ dest: 1, sync: false });
+  const logger = pino(base, destination);
+  owned.set(logger, destination);
+  return logger;
+}
+
+/**
+ * Writes out every buffered line, in order, then closes the destination (a
+ * file is closed; stdout and stderr stay open). For the last moments of the
+ * process or of a file access log: lines logged afterwards are lost.
+ *
+ * Why not `logger.flush()`: with sonic-boom's default `minLength: 0` it
+ * calls back at once, even while a write is in flight, and the synchronous
+ * flush on exit then puts later lines before that write.
+ */
+export function endDestination(destination: Destination): Promise<void> {
+  // `destroyed` is set by sonic-boom but missing from its types.
+  if ((destination as { destroyed?: boolean }).destroyed === true) return Promise.resolve();
+  return new Promise((resolve) => {
+    destination.once('close', () => resolve());
+    // Nowhere left to report a write error at this point.
+    destination.once('error', () => resolve());
+    destination.end();
+  });
+}
+
+/** Writes out and closes the main logger's own destination; just flushes a stream or transport it was given. */
+export function closeLogger(logger: Logger): Promise<void> {
+  const destination = owned.get(logger);
+  return destination === undefined ? flushLogger(logger) : endDestination(destination);
+}
+
+/**
+ * Asks the destination to write out what it buffers; resolves when it says
+ * it did. A flush error is not worth a rejection at shutdown.
+ */
+export function flushLogger(logger: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    try {
+      logger.flush(() => resolve());
+    } catch {
+      resolve();
+    }
+  });
 }

@@ -3,30 +3,68 @@
  * Prometheus metrics, and lifecycle events. The app and the layers report
  * here; nothing on the hot path formats or writes anything itself.
  */
+import { performance } from 'node:perf_hooks';
 import type { RequestContext } from '../proxy/context.js';
 import type { EarlyOutcome } from '../server/proxy-listener.js';
+import { accessLine, createAccessLog, isEarly, type AccessLog } from './access-log.js';
 import type { Logger } from './logger.js';
+import { LegateMetrics, type BreakerState, type MetricsSources } from './metrics.js';
 
-export type BreakerState = 'closed' | 'half-open' | 'open';
+export type { BreakerState };
 
 export interface Observer {
-  /** Once per request, after the response ended or failed. */
+  /** Once per request, after the response ended or failed. Never throws. */
   onComplete(outcome: RequestContext | EarlyOutcome): void;
-  /** A circuit breaker changed state. */
+  /**
+   * A circuit breaker changed state. `endpoint` is the endpoint's `key`
+   * (`host:port`), the same for a route with a single endpoint.
+   */
   breakerTransition(route: string, endpoint: string, from: BreakerState, to: BreakerState): void;
   /** A config reload was applied or rejected. */
   reload(result: 'applied' | 'rejected'): void;
   /** Prometheus exposition for the admin `/metrics`. */
   metrics(): Promise<{ contentType: string; body: string }>;
+  /** Flushes the access log and releases the registry. */
   close(): Promise<void>;
 }
 
-export function createObserver(logger: Logger): Observer {
+export interface ObserverOptions extends MetricsSources {
+  /** `stdout` (default: the main logger's stream), `stderr`, or a file path. */
+  readonly accessLog?: string;
+}
+
+/**
+ * The observer of one app instance: its own metrics registry and access log.
+ * Scrape-time sources (active requests, certificates, routes) are callbacks
+ * so that nothing is tracked per request that a scrape can ask for instead.
+ */
+export function createObserver(logger: Logger, opts: ObserverOptions = {}): Observer {
+  const metrics = new LegateMetrics(opts);
+  const access: AccessLog = createAccessLog(logger, opts.accessLog);
+  // A failure here must not become the request's failure, nor flood the log.
+  let failures = 0;
   return {
-    onComplete: () => undefined,
-    breakerTransition: (route, endpoint, from, to) => logger.warn({ route, endpoint, from, to }, 'circuit breaker transition'),
-    reload: () => undefined,
-    metrics: () => Promise.resolve({ contentType: 'text/plain; version=0.0.4', body: '' }),
-    close: () => Promise.resolve(),
+    onComplete(outcome) {
+      try {
+        const now = performance.now();
+        metrics.record(outcome, (now - outcome.startedAt) / 1000);
+        if (!isEarly(outcome) && outcome.policy.optOut.has('log')) return;
+        access.write(accessLine(outcome, now));
+      } catch (e) {
+        if (failures++ < 10) logger.error({ err: (e as Error).message, requestId: outcome.id }, 'could not record a request');
+      }
+    },
+    breakerTransition(route, endpoint, from, to) {
+      metrics.breakerTransition(route, endpoint, to);
+      logger.warn({ route, endpoint, from, to }, 'circuit breaker transition');
+    },
+    reload(result) {
+      metrics.reload(result);
+    },
+    metrics: () => metrics.exposition(),
+    async close() {
+      await access.close();
+      metrics.close();
+    },
   };
 }

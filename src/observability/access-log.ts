@@ -1,0 +1,212 @@
+/**
+ * The access line: one pino JSON line per request (SPEC §9), with the tries
+ * that made it. Built from what the request already recorded, once, after
+ * it ended: nothing here runs while bytes stream. Headers are never read
+ * into a line, so credentials cannot reach it.
+ */
+import { IncomingMessage, ServerResponse } from 'node:http';
+import pino from 'pino';
+import type { RequestContext } from '../proxy/context.js';
+import type { TryRecord } from '../proxy/types.js';
+import type { EarlyOutcome } from '../server/proxy-listener.js';
+import { endDestination, loggerOptions, streamOf, type Logger } from './logger.js';
+
+/** The fields of an access line, beside pino's `level`, `time` and `msg`. */
+export interface AccessLine {
+  readonly requestId: string;
+  readonly method: string;
+  /** Normalised path without the query string. */
+  readonly path: string;
+  /** Route name; null when no route took the request. */
+  readonly route: string | null;
+  /**
+   * `host:port` of the last try's endpoint; without a try, the endpoint that
+   * was chosen (a breaker open for it answered); null when none was.
+   */
+  readonly upstream: string | null;
+  readonly status: number;
+  /** Tries made. */
+  readonly attempts: number;
+  readonly durationMs: number;
+  /** From the last try's start to its response head; null without a response. */
+  readonly upstreamMs: number | null;
+  /** Request body bytes received from the app; null when not known exactly. */
+  readonly bytesIn: number | null;
+  /** Response body bytes sent to the app; null when not known exactly. */
+  readonly bytesOut: number | null;
+  /** legate's error code when the request failed. */
+  readonly error: string | null;
+  readonly optOut: readonly string[];
+  readonly optOutDenied: readonly string[];
+  readonly tries: readonly TryRecord[];
+}
+
+/** The `msg` of every access line, so they can be told from lifecycle lines. */
+export const ACCESS_MESSAGE = 'access';
+
+const NONE: readonly never[] = Object.freeze([]);
+
+/** Where the exact body byte counts live on the counting request and response classes. */
+export const BODY_BYTES = Symbol('legate.bodyBytes');
+
+interface Counted {
+  [BODY_BYTES]: number;
+}
+
+function chunkBytes(chunk: unknown, encoding: unknown): number {
+  if (typeof chunk === 'string') return Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+  if (chunk instanceof Uint8Array) return chunk.byteLength;
+  return 0;
+}
+
+/**
+ * An `IncomingMessage` that counts the body bytes the HTTP parser hands it.
+ * Passed to `http.createServer({ IncomingMessage })` it makes `bytesIn`
+ * exact for every body, chunked or cut short, for one addition per chunk and
+ * without a `data` listener (which would change how the body flows).
+ */
+export class CountingIncomingMessage extends IncomingMessage implements Counted {
+  [BODY_BYTES] = 0;
+
+  override push(chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk !== null) this[BODY_BYTES] += chunkBytes(chunk, encoding);
+    return super.push(chunk, encoding);
+  }
+}
+
+/**
+ * A `ServerResponse` that counts the body bytes written to it, for
+ * `http.createServer({ ServerResponse })`: `bytesOut` is then exact for
+ * chunked and cut-short responses too.
+ */
+export class CountingServerResponse<Request extends IncomingMessage = IncomingMessage> extends ServerResponse<Request> implements Counted {
+  [BODY_BYTES] = 0;
+
+  override write(chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
+    if (!this.destroyed) this[BODY_BYTES] += chunkBytes(chunk, encoding);
+    // Node sorts out (chunk, callback) versus (chunk, encoding, callback) itself.
+    return super.write(chunk, encoding as BufferEncoding, callback as (error: Error | null | undefined) => void);
+  }
+
+  override end(chunk?: unknown, encoding?: unknown, callback?: unknown): this {
+    if (typeof chunk !== 'function' && !this.destroyed) this[BODY_BYTES] += chunkBytes(chunk, encoding);
+    return super.end(chunk, encoding as BufferEncoding, callback as () => void);
+  }
+}
+
+function contentLength(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+}
+
+/** Body bytes received from the app: counted when the listener counts, else what a complete request declared. */
+export function bytesIn(ctx: RequestContext): number | null {
+  const raw = ctx.raw;
+  const counted = (raw as Partial<Counted>)[BODY_BYTES];
+  if (counted !== undefined) return counted;
+  if (!raw.complete) return null;
+  // A complete request carried exactly its Content-Length, or what a retry buffer holds, or nothing.
+  const known = contentLength(raw.headers['content-length']) ?? ctx.body.length;
+  if (known !== undefined) return known;
+  return raw.headers['transfer-encoding'] === undefined ? 0 : null;
+}
+
+/**
+ * Body bytes sent to the app, when the listener counts them; null otherwise
+ * (a response written with `writeHead(status, headers)` keeps no header
+ * Node would let us read back, so there is no exact fallback).
+ */
+export function bytesOut(ctx: RequestContext): number | null {
+  const res = ctx.appResponse;
+  // Node sends no body for these whatever is written.
+  if (ctx.method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304) return res.headersSent ? 0 : null;
+  return (res as Partial<Counted>)[BODY_BYTES] ?? null;
+}
+
+/** Tells a request answered before routing from a routed one. */
+export function isEarly(outcome: RequestContext | EarlyOutcome): outcome is EarlyOutcome {
+  return (outcome as EarlyOutcome).early === true;
+}
+
+function round3(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+/** The access line of a finished request; `now` on the `performance.now()` clock. */
+export function accessLine(outcome: RequestContext | EarlyOutcome, now: number): AccessLine {
+  if (isEarly(outcome)) {
+    return {
+      requestId: outcome.id,
+      method: outcome.method,
+      path: outcome.path,
+      route: null,
+      upstream: null,
+      status: outcome.status,
+      attempts: 0,
+      durationMs: round3(now - outcome.startedAt),
+      upstreamMs: null,
+      bytesIn: null,
+      bytesOut: null,
+      error: outcome.errorCode,
+      optOut: NONE,
+      optOutDenied: NONE,
+      tries: NONE,
+    };
+  }
+  const ctx = outcome;
+  const tries = ctx.tries;
+  const last = tries.length > 0 ? tries[tries.length - 1] : undefined;
+  const optOut = ctx.policy.optOut;
+  return {
+    requestId: ctx.id,
+    method: ctx.method,
+    path: ctx.path,
+    route: ctx.route.name,
+    upstream: last?.endpoint ?? ctx.endpoint?.key ?? null,
+    status: ctx.status,
+    attempts: tries.length,
+    durationMs: round3(now - ctx.startedAt),
+    upstreamMs: ctx.upstreamMs === undefined ? null : round3(ctx.upstreamMs),
+    bytesIn: bytesIn(ctx),
+    bytesOut: bytesOut(ctx),
+    error: ctx.errorCode ?? null,
+    optOut: optOut.size === 0 ? NONE : [...optOut],
+    optOutDenied: ctx.policy.optOutDenied,
+    tries,
+  };
+}
+
+/** Writes access lines; owns its destination when it is not the main logger's. */
+export interface AccessLog {
+  write(line: AccessLine): void;
+  /** Flushes, and closes a destination of its own. */
+  close(): Promise<void>;
+}
+
+/**
+ * Access lines go to the main logger's stream (`stdout`, the default), to
+ * `stderr`, or to a file (appended, created with its directory). They are
+ * written at `info` whatever the diagnostic level, as Envoy's and nginx's
+ * access logs are independent of their error log level; only `silent`
+ * silences them. Their logger skips redaction: no access field holds a header.
+ */
+export function createAccessLog(logger: Logger, destination = 'stdout'): AccessLog {
+  const options = loggerOptions(logger.level === 'silent' ? 'silent' : 'info', { redact: false });
+  if (destination === 'stdout') {
+    // Same stream as the lifecycle lines, so the two stay in order.
+    const access = pino(options, streamOf(logger));
+    return {
+      write: (line) => access.info(line, ACCESS_MESSAGE),
+      close: () => Promise.resolve(),
+    };
+  }
+  const stream = pino.destination({ dest: destination === 'stderr' ? 2 : destination, sync: false, mkdir: true, append: true });
+  // An unwritable file must cost access lines, not the process.
+  stream.on('error', (e: Error) => logger.error({ err: e.message, accessLog: destination }, 'access log write failed'));
+  const access = pino(options, stream);
+  return {
+    write: (line) => access.info(line, ACCESS_MESSAGE),
+    close: () => endDestination(stream),
+  };
+}

@@ -1,0 +1,161 @@
+/**
+ * SPEC §10 through the real CLI: readiness, and what SIGTERM/SIGINT do with
+ * a slow request in flight — readiness 503, new connections refused, the
+ * request finishing, keep-alive connections closed, logs written out, exit
+ * 0 — plus the drain timeout and the second signal that exits at once.
+ */
+import http from 'node:http';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { request } from '../helpers/client.js';
+import { startCli, waitFor, type CliProcess } from '../helpers/legate.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+/** An upstream that answers `/slow` only when the test calls `release()`, and anything else at once. */
+async function slowUpstream(): Promise<Upstream & { release(): void }> {
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  const u = await startUpstream(async (req, res) => {
+    if (req.url?.startsWith('/slow') === true) await released;
+    res.end(`done ${req.url ?? ''}`);
+  });
+  cleanups.push(async () => {
+    release();
+    await u.close();
+  });
+  return { ...u, release };
+}
+
+async function cli(yaml: string): Promise<CliProcess> {
+  const p = await startCli(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`);
+  cleanups.push(() => p.stop('SIGKILL'));
+  return p;
+}
+
+interface KeptAliveReply {
+  status: number;
+  body: string;
+  socket: net.Socket;
+}
+
+/** A GET over a keep-alive agent, so the connection outlives the response; `error` when it failed. */
+function keepAliveGet(agent: http.Agent, port: number, path: string): Promise<KeptAliveReply | { error: string }> {
+  return new Promise((resolve) => {
+    let socket: net.Socket | undefined;
+    const req = http.get({ host: '127.0.0.1', port, path, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, socket: socket as net.Socket }));
+      res.on('error', (e) => resolve({ error: e.message }));
+    });
+    req.on('socket', (s: net.Socket) => (socket = s));
+    req.on('error', (e: NodeJS.ErrnoException) => resolve({ error: e.code ?? e.message }));
+  });
+}
+
+function connectError(port: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('connect', () => {
+      s.destroy();
+      resolve(undefined);
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code));
+  });
+}
+
+const closed = (s: net.Socket): Promise<void> => (s.destroyed ? Promise.resolve() : new Promise((r) => s.once('close', () => r())));
+
+describe('graceful drain', () => {
+  it('on SIGTERM: readiness 503, no new connections, the slow request finishes, keep-alive connections close, logs written, exit 0', async () => {
+    const up = await slowUpstream();
+    const p = await cli(`drainTimeout: 20s\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
+    // Two pools, or the slow request would reuse the idle connection.
+    const idleAgent = new http.Agent({ keepAlive: true });
+    const busyAgent = new http.Agent({ keepAlive: true });
+    cleanups.push(async () => {
+      idleAgent.destroy();
+      busyAgent.destroy();
+    });
+    expect((await request({ port: p.adminPort, path: '/readyz' })).status).toBe(200);
+
+    // One connection left idle by a finished request, one busy with the slow request.
+    const quick = await keepAliveGet(idleAgent, p.proxyPort, '/quick');
+    if ('error' in quick) throw new Error(quick.error);
+    expect(quick.status).toBe(200);
+    const slow = keepAliveGet(busyAgent, p.proxyPort, '/slow');
+    await waitFor(() => (up.seen.some((r) => r.url === '/slow') ? true : undefined), 'the slow request upstream');
+
+    p.child.kill('SIGTERM');
+    await p.waitForLine((l) => l.msg === 'drain started', 'drain started');
+    const ready = await request({ port: p.adminPort, path: '/readyz' });
+    expect([ready.status, ready.body]).toEqual([503, 'draining\n']);
+    expect(await connectError(p.proxyPort)).toBe('ECONNREFUSED');
+    await closed(quick.socket);
+    expect(p.child.exitCode).toBeNull();
+
+    up.release();
+    const done = await slow;
+    if ('error' in done) throw new Error(done.error);
+    expect([done.status, done.body]).toEqual([200, 'done /slow']);
+    // Closed by legate right after the response, not left for the keep-alive timeout.
+    await closed(done.socket);
+    expect(await p.exited).toBe(0);
+
+    const msgs = p.lines.map((l) => (l.msg === 'access' ? `access ${String(l.path)} ${String(l.status)}` : String(l.msg)));
+    const at = (m: string) => msgs.indexOf(m);
+    expect(p.lines.find((l) => l.msg === 'drain started')).toMatchObject({ active: 1, drainTimeoutMs: 20_000 });
+    expect(at('access /slow 200')).toBeGreaterThan(at('drain started'));
+    expect(at('drain finished; stopped')).toBeGreaterThan(at('access /slow 200'));
+    expect(msgs[msgs.length - 1]).toBe('drain finished; stopped');
+    expect(p.lines.find((l) => l.msg === 'drain finished; stopped')).toMatchObject({ unfinished: 0 });
+  });
+
+  it('closes what is still running when drainTimeout passes, logs it, and still exits 0', async () => {
+    const up = await slowUpstream();
+    const p = await cli(`drainTimeout: 300ms\nroutes:\n  - name: api\n    upstream: ${up.url}\n    retry: { retries: 0 }\n`);
+    const agent = new http.Agent({ keepAlive: true });
+    cleanups.push(async () => agent.destroy());
+    const slow = keepAliveGet(agent, p.proxyPort, '/slow');
+    await waitFor(() => (up.seen.length > 0 ? true : undefined), 'the slow request upstream');
+    p.child.kill('SIGTERM');
+    expect(await p.exited).toBe(0);
+    expect(await slow).toHaveProperty('error');
+    expect(p.lines.find((l) => l.msg === 'drain timeout passed: closing the connections of unfinished requests')).toMatchObject({ unfinished: 1 });
+    expect(p.lines.find((l) => l.msg === 'drain finished; stopped')).toMatchObject({ unfinished: 1 });
+    // The cut request is still accounted for in the access log, before the process ended.
+    expect(p.lines.find((l) => l.msg === 'access' && l.path === '/slow')).toMatchObject({ route: 'api', attempts: 1 });
+  });
+
+  it('exits at once on a second signal, saying so, without waiting for requests in flight', async () => {
+    const up = await slowUpstream();
+    const p = await cli(`drainTimeout: 60s\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
+    const slow = request({ port: p.proxyPort, path: '/slow' }).catch((e: Error) => e);
+    await waitFor(() => (up.seen.length > 0 ? true : undefined), 'the slow request upstream');
+    p.child.kill('SIGTERM');
+    await p.waitForLine((l) => l.msg === 'drain started', 'drain started');
+    const sent = Date.now();
+    p.child.kill('SIGTERM');
+    // 128 + SIGTERM, as a shell reports a process the signal ended.
+    expect(await p.exited).toBe(143);
+    expect(Date.now() - sent).toBeLessThan(5_000);
+    expect(p.lines.some((l) => l.msg === 'second signal: exiting now, without waiting for requests in flight')).toBe(true);
+    expect(await slow).toBeInstanceOf(Error);
+  });
+
+  it('drains on SIGINT too, and is ready only once it listens', async () => {
+    const up = await slowUpstream();
+    const p = await cli(`routes:\n  - name: api\n    upstream: ${up.url}\n`);
+    // startCli returns after the start line, which is written once the listeners are up.
+    expect((await request({ port: p.adminPort, path: '/readyz' })).status).toBe(200);
+    expect((await request({ port: p.adminPort, path: '/healthz' })).status).toBe(200);
+    p.child.kill('SIGINT');
+    expect(await p.exited).toBe(0);
+    expect(p.lines.find((l) => l.msg === 'signal received: draining (send it again to exit at once)')).toMatchObject({ signal: 'SIGINT' });
+  });
+});

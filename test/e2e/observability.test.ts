@@ -1,0 +1,236 @@
+/**
+ * SPEC §9 as an operator meets it: real traffic through legate, then the
+ * log lines read as JSON and `/metrics` read by a strict exposition parser;
+ * credentials sent both ways searched for in everything the process printed.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { request } from '../helpers/client.js';
+import { startApp, startCli, tempDir, waitFor, type CliProcess, type InProcess } from '../helpers/legate.js';
+import { parsePrometheusText, sampleValue, type MetricFamily } from '../helpers/prom.js';
+import { deadPort, echo, startUpstream, type Upstream, type UpstreamHandler } from '../helpers/upstream.js';
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()?.();
+});
+
+async function upstream(handler: UpstreamHandler = echo): Promise<Upstream> {
+  const u = await startUpstream(handler);
+  cleanups.push(() => u.close());
+  return u;
+}
+async function inProcess(yaml: string): Promise<InProcess> {
+  const l = await startApp(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`);
+  cleanups.push(() => l.stop());
+  return l;
+}
+async function cli(yaml: string, opts: Parameters<typeof startCli>[1] = {}): Promise<CliProcess> {
+  const p = await startCli(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`, opts);
+  cleanups.push(() => p.stop('SIGKILL'));
+  return p;
+}
+
+async function scrape(adminPort: number): Promise<Map<string, MetricFamily>> {
+  const r = await request({ port: adminPort, path: '/metrics' });
+  expect(r.status).toBe(200);
+  expect(r.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
+  return parsePrometheusText(r.body);
+}
+
+/** Every counter sample of `after` is at least its value in `before` (counters never go down). */
+function expectCountersNotDecreased(before: Map<string, MetricFamily>, after: Map<string, MetricFamily>): void {
+  for (const f of before.values()) {
+    if (f.type !== 'counter' && f.type !== 'histogram') continue;
+    for (const s of f.samples) {
+      if (f.type === 'histogram' && s.name.endsWith('_sum')) continue;
+      const now = sampleValue(after, s.name, s.labels);
+      expect(now, `${s.name}${JSON.stringify(s.labels)}`).toBeGreaterThanOrEqual(s.value);
+    }
+  }
+}
+
+/** An access line's own fields; pino adds `level`, `time` and `service`. */
+const ACCESS_FIELDS = [
+  'requestId',
+  'method',
+  'path',
+  'route',
+  'upstream',
+  'status',
+  'attempts',
+  'durationMs',
+  'upstreamMs',
+  'bytesIn',
+  'bytesOut',
+  'error',
+  'optOut',
+  'optOutDenied',
+  'tries',
+  'msg',
+].sort();
+
+describe('access log and metrics after real traffic', () => {
+  it('logs one line per request with its tries, honours the log opt-out, and counts it all in /metrics', async () => {
+    const up = await upstream();
+    const dead = await deadPort();
+    const l = await inProcess(`routes:
+  - name: api
+    match: { pathPrefix: /api }
+    upstream: ${up.url}
+    optOut: [log]
+  - name: dead
+    match: { pathPrefix: /dead }
+    upstream: http://127.0.0.1:${dead}
+    retry: { retries: 1, backoff: { base: 1ms, max: 2ms } }
+`);
+    const before = await scrape(l.adminPort);
+    const send = (path: string, id: string, extra: Partial<Parameters<typeof request>[0]> = {}) =>
+      request({ port: l.proxyPort, path, ...extra, headers: { 'x-request-id': id, ...extra.headers } });
+
+    expect((await send('/api/items?secret=q1', 'obs-get')).status).toBe(200);
+    expect((await send('/api/items', 'obs-post', { method: 'POST', body: 'b'.repeat(1234) })).status).toBe(200);
+    expect((await send('/api/quiet', 'obs-quiet', { headers: { 'x-legate-opt-out': 'log' } })).status).toBe(200);
+    expect((await send('/dead/x', 'obs-dead')).status).toBe(502);
+    expect((await send('/nowhere?token=t', 'obs-none', { method: 'PROPFIND' })).status).toBe(404);
+
+    const line = (id: string) => waitFor(() => l.logs.lines.find((x) => x.requestId === id && x.msg === 'access'), `access line ${id}`);
+    const get = await line('obs-get');
+    expect(Object.keys(get).sort()).toEqual([...ACCESS_FIELDS, 'level', 'service', 'time'].sort());
+    expect(get).toMatchObject({
+      level: 'info',
+      method: 'GET',
+      path: '/api/items',
+      route: 'api',
+      upstream: `127.0.0.1:${up.port}`,
+      status: 200,
+      attempts: 1,
+      bytesIn: 0,
+      error: null,
+      optOut: [],
+      optOutDenied: [],
+      tries: [{ endpoint: `127.0.0.1:${up.port}`, status: 200 }],
+    });
+    expect(get.durationMs as number).toBeGreaterThanOrEqual(get.upstreamMs as number);
+    expect((get.tries as Array<{ ms: number }>)[0]?.ms).toBeGreaterThan(0);
+    expect(await line('obs-post')).toMatchObject({ method: 'POST', status: 200, bytesIn: 1234 });
+    const failed = await line('obs-dead');
+    expect(failed).toMatchObject({ route: 'dead', status: 502, attempts: 2, error: 'upstream-connect-failure', upstream: `127.0.0.1:${dead}`, upstreamMs: null });
+    expect(failed.tries).toEqual([
+      expect.objectContaining({ endpoint: `127.0.0.1:${dead}`, error: 'upstream-connect-failure', retryReason: 'connect-failure' }),
+      expect.objectContaining({ endpoint: `127.0.0.1:${dead}`, error: 'upstream-connect-failure' }),
+    ]);
+    expect(await line('obs-none')).toMatchObject({ method: 'PROPFIND', path: '/nowhere', route: null, status: 404, error: 'no-route', attempts: 0, tries: [] });
+    // The opted-out request was served but is in no line; the ones after it were logged, so it is not merely late.
+    expect(l.logs.lines.filter((x) => x.requestId === 'obs-quiet')).toEqual([]);
+    expect(JSON.stringify(l.logs.lines)).not.toMatch(/secret=q1|token=t/);
+
+    const after = await scrape(l.adminPort);
+    const delta = (name: string, labels: Record<string, string>) => (sampleValue(after, name, labels) ?? 0) - (sampleValue(before, name, labels) ?? 0);
+    expect(delta('legate_requests_total', { route: 'api', method: 'GET', status: '200' })).toBe(2);
+    expect(delta('legate_requests_total', { route: 'api', method: 'POST', status: '200' })).toBe(1);
+    expect(delta('legate_requests_total', { route: 'dead', method: 'GET', status: '502' })).toBe(1);
+    expect(delta('legate_requests_total', { route: '', method: 'OTHER', status: '404' })).toBe(1);
+    expect(delta('legate_upstream_tries_total', { route: 'api', outcome: '2xx' })).toBe(3);
+    expect(delta('legate_upstream_tries_total', { route: 'dead', outcome: 'upstream-connect-failure' })).toBe(2);
+    expect(delta('legate_retries_total', { route: 'dead', reason: 'connect-failure' })).toBe(1);
+    expect(delta('legate_request_duration_seconds_count', { route: 'api' })).toBe(3);
+    expect(delta('legate_upstream_duration_seconds_count', { route: 'dead' })).toBe(2);
+    expect(sampleValue(after, 'legate_active_requests')).toBe(0);
+    expect(sampleValue(after, 'legate_circuit_breaker_state', { route: 'dead', endpoint: `127.0.0.1:${dead}` })).toBe(0);
+    expectCountersNotDecreased(before, after);
+    // Label sets are exactly the documented ones, and no label holds a path, query or request host.
+    const labelSets: Record<string, string[]> = {
+      legate_requests_total: ['method', 'route', 'status'],
+      legate_upstream_tries_total: ['outcome', 'route'],
+      legate_retries_total: ['reason', 'route'],
+      legate_request_duration_seconds_count: ['route'],
+      legate_circuit_breaker_state: ['endpoint', 'route'],
+    };
+    for (const f of after.values()) {
+      for (const s of f.samples) {
+        const want = labelSets[s.name];
+        if (want !== undefined) expect(Object.keys(s.labels).sort()).toEqual(want);
+        for (const v of Object.values(s.labels)) expect(v).not.toMatch(/items|quiet|nowhere|secret|token|\//);
+      }
+    }
+  });
+});
+
+describe('the CLI', () => {
+  it('prints only JSON lines, with no credential from either direction anywhere in its output', async () => {
+    const secrets = ['AUTH-SECRET-1', 'COOKIE-SECRET-2', 'PROXY-SECRET-3', 'SETCOOKIE-SECRET-4'];
+    const up = await upstream((req, res) => {
+      res.setHeader('set-cookie', `session=${secrets[3]}; HttpOnly`);
+      echo(req, res, Buffer.alloc(0), 0);
+    });
+    const dead = await deadPort();
+    const p = await cli(`routes:
+  - name: api
+    match: { pathPrefix: /api }
+    upstream: ${up.url}
+  - name: dead
+    match: { pathPrefix: /dead }
+    upstream: http://127.0.0.1:${dead}
+    retry: { retries: 0 }
+`);
+    const headers = { authorization: `Bearer ${secrets[0]}`, cookie: `sid=${secrets[1]}`, 'proxy-authorization': `Basic ${secrets[2]}` };
+    for (const [path, status] of [
+      ['/api/a', 200],
+      ['/dead/b', 502],
+      ['/nowhere', 404],
+    ] as const) {
+      const r = await request({ port: p.proxyPort, path, headers: { ...headers, 'x-request-id': `cli-${status}` } });
+      expect(r.status).toBe(status);
+      // An upstream's Set-Cookie still reaches the app: it is only kept out of the logs.
+      if (status === 200) expect(String(r.headers['set-cookie'])).toContain(secrets[3]);
+    }
+    for (const status of [200, 502, 404]) await p.waitForLine((l) => l.requestId === `cli-${status}` && l.msg === 'access', `access line ${status}`);
+    const metrics = await scrape(p.adminPort);
+    expect(sampleValue(metrics, 'legate_requests_total', { route: 'api', method: 'GET', status: '200' })).toBe(1);
+    expect(metrics.get('legate_process_cpu_seconds_total')?.type).toBe('counter');
+
+    expect(await p.stop('SIGTERM')).toBe(0);
+    const all = p.stdout() + p.stderr();
+    for (const s of secrets) expect(all).not.toContain(s);
+    expect(p.lines.filter((l) => 'raw' in l)).toEqual([]);
+    const access = p.lines.find((l) => l.requestId === 'cli-200') ?? {};
+    expect(Object.keys(access).sort()).toEqual([...ACCESS_FIELDS, 'level', 'service', 'time'].sort());
+    expect(access).toMatchObject({ level: 'info', route: 'api', status: 200, attempts: 1, upstream: `127.0.0.1:${up.port}` });
+    expect(p.lines.map((l) => l.msg)).toEqual(expect.arrayContaining(['legate started', 'drain started', 'drain finished; stopped']));
+  });
+
+  it('counts reloads applied and rejected, and logs the errors of a rejected one', async () => {
+    const up = await upstream();
+    const good = `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nroutes:\n  - name: api\n    upstream: ${up.url}\n`;
+    const p = await cli(good.split('\n').slice(2).join('\n'));
+    writeFileSync(p.configFile, good.replace('name: api', 'name: api\n    retry: { retries: three }'));
+    p.child.kill('SIGHUP');
+    const rejected = await p.waitForLine((l) => l.msg === 'config reload rejected; the previous config keeps serving', 'reload rejected');
+    expect(JSON.stringify(rejected.errors)).toMatch(/retries/);
+    await waitFor(async () => ((sampleValue(await scrape(p.adminPort), 'legate_config_reloads_total', { result: 'rejected' }) ?? 0) >= 1 ? true : undefined), 'rejected count');
+    writeFileSync(p.configFile, good.replace('name: api', 'name: api2'));
+    p.child.kill('SIGHUP');
+    await p.waitForLine((l) => l.msg === 'config reload applied', 'reload applied');
+    await waitFor(async () => ((sampleValue(await scrape(p.adminPort), 'legate_config_reloads_total', { result: 'applied' }) ?? 0) >= 1 ? true : undefined), 'applied count');
+  });
+
+  it('writes access lines to the file `accessLog` names, and only lifecycle lines to stdout', async () => {
+    const up = await upstream();
+    const dir = tempDir();
+    const configFile = path.join(dir, 'routes.yaml');
+    writeFileSync(configFile, `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccessLog: logs/access.log\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
+    const p = await cli('', { configFile });
+    for (let i = 0; i < 20; i++) expect((await request({ port: p.proxyPort, path: `/x/${i}`, headers: { 'x-request-id': `file-${i}` } })).status).toBe(200);
+    expect(await p.stop('SIGTERM')).toBe(0);
+    // Written out before exit: every line is there once the process is gone.
+    const lines = readFileSync(path.join(dir, 'logs', 'access.log'), 'utf8')
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.map((l) => l.requestId)).toEqual(Array.from({ length: 20 }, (_, i) => `file-${i}`));
+    expect(lines[0]).toMatchObject({ msg: 'access', route: 'api', path: '/x/0', status: 200 });
+    expect(p.lines.filter((l) => l.msg === 'access')).toEqual([]);
+  });
+});
