@@ -104,6 +104,7 @@ export class LegateApp {
   readonly #routeListeners = new Map<string, Server>();
   #ready = false;
   #draining = false;
+  #stopping: Promise<void> | undefined;
   #active = 0;
   #idle: (() => void) | undefined;
 
@@ -258,6 +259,7 @@ export class LegateApp {
     const restartOnly: string[] = [];
     if (config.listen.text !== previous.config.listen.text) restartOnly.push('listen');
     if (config.admin.text !== previous.config.admin.text) restartOnly.push('admin');
+    if (config.accessLog !== previous.config.accessLog) restartOnly.push('accessLog');
     const next = this.#build(config, previous);
     try {
       await this.#syncRouteListeners(next);
@@ -268,6 +270,7 @@ export class LegateApp {
       return { ok: false, errors };
     }
     this.#generation = next;
+    if (process.env.LOG_LEVEL === undefined) this.logger.level = config.logLevel;
     previous.retire(droppedStates(previous, next));
     this.#agents.retainOnly(next.agentIds);
     // Identities the reload dropped are no longer watched, reported, or rebuilt by a later rotation.
@@ -277,7 +280,7 @@ export class LegateApp {
     const kept = next.routes.filter((r) => previous.routes.some((p) => p.state === r.state)).map((r) => r.name);
     this.logger.info({ file: config.file, routes: next.routes.length, keptState: kept }, 'config reload applied');
     if (restartOnly.length > 0) {
-      this.logger.warn({ keys: restartOnly }, `changed ${restartOnly.join(' and ')} address takes effect on restart`);
+      this.logger.warn({ keys: restartOnly }, `changed ${restartOnly.join(', ')} takes effect on restart`);
     }
     return { ok: true, errors: [] };
   }
@@ -289,8 +292,13 @@ export class LegateApp {
    * is closed and the access log flushed. The admin listener stays up until
    * the end so orchestrators can watch readiness fail.
    */
-  async stop(drainTimeoutMs = this.#generation.config.drainTimeoutMs): Promise<void> {
-    if (this.#draining) return;
+  /** Idempotent: a second call waits for the drain the first one started. */
+  stop(drainTimeoutMs = this.#generation.config.drainTimeoutMs): Promise<void> {
+    this.#stopping ??= this.#drainAndClose(drainTimeoutMs);
+    return this.#stopping;
+  }
+
+  async #drainAndClose(drainTimeoutMs: number): Promise<void> {
     this.#draining = true;
     const began = Date.now();
     this.logger.info({ active: this.#active, drainTimeoutMs }, 'drain started');
