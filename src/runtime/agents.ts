@@ -14,16 +14,18 @@ export type AgentFactory = (endpoint: EndpointSettings) => Agent;
 /** Idle keep-alive sockets close after this (Node also honours `Keep-Alive: timeout=` hints). */
 export const IDLE_SOCKET_MS = 30_000;
 
-export const httpAgentFactory: AgentFactory = () =>
-  new http.Agent({
-    keepAlive: true,
-    keepAliveMsecs: 1_000,
-    maxSockets: Infinity,
-    maxFreeSockets: 1_024,
-    // The most recently used socket is the least likely to have been closed by the upstream.
-    scheduling: 'lifo',
-    timeout: IDLE_SOCKET_MS,
-  });
+/** How every upstream pool, http or https, keeps its connections. */
+export const POOL_OPTIONS = Object.freeze({
+  keepAlive: true,
+  keepAliveMsecs: 1_000,
+  maxSockets: Infinity,
+  maxFreeSockets: 1_024,
+  // The most recently used socket is the least likely to have been closed by the upstream.
+  scheduling: 'lifo',
+  timeout: IDLE_SOCKET_MS,
+} as const);
+
+export const httpAgentFactory: AgentFactory = () => new http.Agent(POOL_OPTIONS);
 
 /** Closes idle sockets now and every busy one as soon as its exchange ends. */
 export function retireAgent(agent: Agent): void {

@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import tls, { type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { TlsSettings } from '../config/model.js';
-import { IDLE_SOCKET_MS } from '../runtime/agents.js';
+import { POOL_OPTIONS } from '../runtime/agents.js';
 import type { TlsMaterial } from './material.js';
 import { attachTlsFacts, TLS_MATERIAL_ERROR_CODE, type PeerCertificateSummary, type TlsFacts } from './tls-facts.js';
 
@@ -72,13 +72,7 @@ export class TlsAgent extends https.Agent {
     const serverName = settings.serverName;
     const material = 'secureContext' in opts.material ? opts.material : undefined;
     super({
-      keepAlive: true,
-      keepAliveMsecs: 1_000,
-      maxSockets: Infinity,
-      maxFreeSockets: 1_024,
-      // The most recently used socket is the least likely to have been closed by the upstream.
-      scheduling: 'lifo',
-      timeout: IDLE_SOCKET_MS,
+      ...POOL_OPTIONS,
       // Agent options override request options, so nothing a caller passes can turn verification off.
       rejectUnauthorized: true,
       ...(material === undefined ? {} : { secureContext: material.secureContext }),
