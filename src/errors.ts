@@ -188,7 +188,7 @@ function tlsDetail(code: string, e: NodeJS.ErrnoException & { cert?: { subjectal
  */
 export function classifyUpstreamFailure(err: unknown, endpoint: string, serverName?: string): UpstreamError {
   const e = err as NodeJS.ErrnoException & { reason?: string; cert?: { subjectaltname?: string } };
-  const code = opensslCodeOf(e) ?? (typeof e?.code === 'string' ? e.code : '');
+  const code = sameAlertName(opensslCodeOf(e) ?? (typeof e?.code === 'string' ? e.code : ''));
   const facts = tlsFactsOf(err);
   const name = facts?.expectedName ?? serverName ?? endpoint;
   const tlsFailure = (detail: string) =>
@@ -237,8 +237,16 @@ export function classifyUpstreamFailure(err: unknown, endpoint: string, serverNa
  */
 function opensslCodeOf(e: (NodeJS.ErrnoException & { reason?: string }) | undefined): string | undefined {
   if (e?.code !== 'EPROTO' || typeof e.message !== 'string') return undefined;
-  const reason = /SSL routines:[^:]*:([a-z0-9 ]+):/i.exec(e.message)?.[1];
+  const reason = /SSL routines:[^:]*:([a-z0-9 /]+):/i.exec(e.message)?.[1];
   return reason === undefined ? undefined : `ERR_SSL_${reason.trim().toUpperCase().replace(/ +/g, '_')}`;
+}
+
+/**
+ * OpenSSL 3.0 (Node 20) names TLS 1.2 alerts "sslv3 alert …", OpenSSL 3.2+
+ * (Node 22, 24) "ssl/tls alert …": one spelling for the tables above.
+ */
+function sameAlertName(code: string): string {
+  return code.startsWith('ERR_SSL_SSL/TLS_ALERT_') ? `ERR_SSL_SSLV3_ALERT_${code.slice('ERR_SSL_SSL/TLS_ALERT_'.length)}` : code;
 }
 
 /**

@@ -75,9 +75,11 @@ describe('classifyUpstreamFailure: the server refusing our client certificate', 
     expect(e.message).toMatch(message);
   });
 
-  it('an alert that arrives as EPROTO on a write is read from the OpenSSL message', () => {
-    const msg =
-      'write EPROTO 802C:error:0A000410:SSL routines:ssl3_read_bytes:sslv3 alert handshake failure:../ssl/record/rec_layer_s3.c:1601:SSL alert number 40\n';
+  it.each([
+    ['OpenSSL 3.0 (Node 20)', 'sslv3 alert handshake failure'],
+    ['OpenSSL 3.5 (Node 24)', 'ssl/tls alert handshake failure'],
+  ])('an alert that arrives as EPROTO on a write is read from the OpenSSL message: %s', (_openssl, alert) => {
+    const msg = `write EPROTO 802C:error:0A000410:SSL routines:ssl3_read_bytes:${alert}:../ssl/record/rec_layer_s3.c:1601:SSL alert number 40\n`;
     const none = classifyUpstreamFailure(error('EPROTO', msg, {}, facts({ clientSubject: undefined, handshakeDone: false })), EP);
     expect(none.code).toBe('upstream-tls-failure');
     expect(none.message).toMatch(/client certificate refused: .*handshake failure.*none is configured/);
