@@ -8,11 +8,15 @@
 import { createBalanceLayer } from './layers/balance.js';
 import { createBodyLimitLayer } from './layers/body-limit.js';
 import { createCircuitBreakerLayer, endpointUsable } from './layers/circuit-breaker.js';
+import { createConcurrencyLimitLayer } from './layers/concurrency-limit.js';
 import { createControlHeaderLayer } from './layers/control-headers.js';
 import { createDeadlineLayer } from './layers/deadline.js';
+import { createHeaderRulesLayer } from './layers/header-rules.js';
+import { createRateLimitLayer } from './layers/rate-limit.js';
 import { createRetryLayer } from './layers/retry.js';
 import type { Observer } from './observability/observer.js';
 import type { Handler, Layer } from './proxy/types.js';
+import { createDiscoveryGateLayer } from './runtime/discovery.js';
 import type { Endpoint, RouteRuntime } from './runtime/route-runtime.js';
 
 export interface ChainDeps {
@@ -27,8 +31,16 @@ export function composeChain(route: RouteRuntime, deps: ChainDeps): Handler {
   const layers: Layer[] = [
     // First: a malformed control header is a 400 before anything else happens, and the policy it sets governs the rest.
     createControlHeaderLayer(),
+    // Before anything that waits or sends: over the rate limit is a 429 at once, upstream untouched; no opt-out skips it.
+    createRateLimitLayer(),
+    // Also before the deadline and upstream: a full queue is a 503 at once; a queued request leaves on its own deadline or hang-up; a slot is held until the body is done.
+    createConcurrencyLimitLayer(),
     // Outside the retries: the deadline covers every try and all back-off (and, in respond.ts, the body).
     createDeadlineLayer(),
+    // Fails fast with a 502 that says why while DNS discovery has found no endpoint yet: a retry would find none either.
+    createDiscoveryGateLayer(),
+    // Above the retries: request rules are applied once to the headers every try sends; response rules to the response the retries settle on.
+    createHeaderRulesLayer(),
     // Calls the layers below once per try.
     createRetryLayer({ anyEndpointUsable: (_req, endpoints) => endpoints.some(usable) }),
     // Below the retries, so it counts the body as it is actually sent (buffered or streamed); 413 before any byte goes out when the length is known.
