@@ -125,6 +125,7 @@ export class LegateApp {
     return buildGeneration(config, previous, {
       agents: this.#agents,
       compose: (route) => composeChain(route, { forward, observer: this.observer }),
+      logger: this.logger,
     });
   }
 
@@ -264,6 +265,8 @@ export class LegateApp {
     try {
       await this.#syncRouteListeners(next);
     } catch (e) {
+      // The new generation never served: stop its discoveries and file watchers and unhook its balancers.
+      next.retire(droppedStates(next, previous));
       const errors = [(e as Error).message];
       this.observer.reload('rejected');
       this.logger.error({ file: config.file, errors }, 'config reload rejected; the previous config keeps serving');

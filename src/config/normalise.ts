@@ -3,6 +3,8 @@
  * defaults merged, units converted, paths made absolute, and the checks that
  * a schema cannot express (uniqueness, cross-field rules, certificate files).
  */
+import { isProtectedHeader } from '../layers/header-rules.js';
+import { templateProblem } from '../runtime/secret-values.js';
 import { X509Certificate, createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
@@ -233,8 +235,8 @@ class Normaliser {
             },
           }),
       headers: {
-        request: this.headerRules(policy.headers.request),
-        response: this.headerRules(policy.headers.response),
+        request: this.headerRules(policy.headers.request, (name) => [...origin('headers', 'request', 'set'), name]),
+        response: this.headerRules(policy.headers.response, (name) => [...origin('headers', 'response', 'set'), name]),
       },
       trustControlHeaders: policy.trustControlHeaders,
     };
@@ -334,10 +336,25 @@ class Normaliser {
     };
   }
 
-  private headerRules(rules: RoutePolicyDefaults['headers']['request']): HeaderRuleSettings {
+  /**
+   * A rule on a header legate owns, or a value whose ${env:}/${file:} cannot
+   * be read now, is an error at load rather than a failed request later.
+   */
+  private headerRules(rules: RoutePolicyDefaults['headers']['request'], at: (name: string) => PathSegment[]): HeaderRuleSettings {
+    for (const name of rules.remove) {
+      if (isProtectedHeader(name)) this.issue(at(name), 'key', `${name} is hop-by-hop, framing or routing: legate sets it itself, no rule may remove it`);
+    }
     return {
       set: Object.entries(rules.set)
-        .map(([name, value]): readonly [string, string] => [name, this.resolveFileRefs(value)])
+        .map(([name, value]): readonly [string, string] => {
+          const resolved = this.resolveFileRefs(value);
+          if (isProtectedHeader(name)) {
+            this.issue(at(name), 'key', `${name} is hop-by-hop, framing or routing: legate sets it itself, no rule may set it`);
+          }
+          const problem = templateProblem(resolved);
+          if (problem !== undefined) this.issue(at(name), 'value', problem);
+          return [name, resolved];
+        })
         .sort(byName),
       remove: [...rules.remove],
     };

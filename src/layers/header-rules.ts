@@ -15,6 +15,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import pino from 'pino';
 import type { HeaderRuleSettings, RouteSettings } from '../config/model.js';
 import { LegateError } from '../errors.js';
+import { isHopByHop } from '../proxy/headers.js';
 import type { Layer, UpstreamResponse } from '../proxy/types.js';
 import type { RouteRuntime } from '../runtime/route-runtime.js';
 import { SecretValues, type RenderedValue, type SecretValuesOptions } from '../runtime/secret-values.js';
@@ -22,24 +23,10 @@ import { SecretValues, type RenderedValue, type SecretValuesOptions } from '../r
 /** The route-state key of a route's compiled rules (and the file watcher they own). */
 export const HEADER_RULES_STATE = 'header-rules';
 
-const LEGATE_OWNED = new Set([
-  'connection',
-  'keep-alive',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'content-length',
-  'host',
-]);
-
-/** True for a header no rule may set or remove (see the module comment). */
+/** True for a header no rule may set or remove (see the module comment): legate owns framing and routing. */
 export function isProtectedHeader(name: string): boolean {
   const n = name.toLowerCase();
-  return LEGATE_OWNED.has(n) || n.startsWith('proxy-');
+  return isHopByHop(n) || n === 'content-length' || n === 'host';
 }
 
 interface CompiledSide {

@@ -20,6 +20,11 @@ const HOP_BY_HOP = new Set([
   'expect',
 ]);
 
+/** True for the headers that belong to one connection, never to the message (RFC 9110 §7.6.1), and `Expect`. */
+export function isHopByHop(name: string): boolean {
+  return HOP_BY_HOP.has(name) || name.startsWith('proxy-');
+}
+
 /** The Envoy request headers legate honours with Envoy's meaning, dropped like x-legate-*. */
 export const ENVOY_CONTROL_HEADERS = new Set([
   'x-envoy-max-retries',

@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it, expect } from 'vitest';
@@ -198,8 +199,15 @@ describe('load', () => {
     expect(r.ok ? [] : r.issues.map(formatIssue)).toEqual([]);
   });
 
-  it('loads the SPEC §12 example', async () => {
-    const r = await loadConfigFile(join(fixtures, 'spec-section-12.yaml'));
+  it('loads the SPEC §12 example once its token file exists, and names the file while it does not', async () => {
+    const text = readFileSync(join(fixtures, 'spec-section-12.yaml'), 'utf8');
+    const missing = loadConfigText(text, 'routes.yaml');
+    expect(missing.ok ? [] : missing.issues.map(formatIssue)).toEqual([
+      expect.stringMatching(/^routes\.yaml:\d+:\d+ routes\[0\]\.headers\.request\.set\.authorization: .*\/var\/run\/secrets\/billing-token/),
+    ]);
+    const dir = mkdtempSync(join(tmpdir(), 'legate-spec12-'));
+    writeFileSync(join(dir, 'billing-token'), 'token-value\n');
+    const r = loadConfigText(text.replace('/var/run/secrets/billing-token', join(dir, 'billing-token')), 'routes.yaml');
     expect(r.ok ? r.warnings : r.issues.map(formatIssue)).toEqual([]);
   });
 
@@ -270,5 +278,26 @@ describe('shipped JSON Schema', () => {
 
   it('is generated as pretty JSON', () => {
     expect(renderRoutesSchema()).toMatch(/^\{\n {2}"\$schema"/);
+  });
+});
+
+describe('header rules at load', () => {
+  it('refuse rules on headers legate owns and values whose ${env:} cannot be read, naming where', () => {
+    const text = [
+      'routes:',
+      '  - name: a',
+      '    upstream: http://x',
+      '    headers:',
+      '      request:',
+      '        set: { host: evil.example, x-token: "${env:LEGATE_TEST_SURELY_UNSET}" }',
+      '        remove: [transfer-encoding]',
+      '',
+    ].join('\n');
+    const r = loadConfigText(text, 'routes.yaml');
+    const lines = r.ok ? [] : r.issues.map(formatIssue);
+    expect(lines).toHaveLength(3);
+    expect(lines.some((l) => /headers\.request\.set\.host: host is hop-by-hop, framing or routing/.test(l))).toBe(true);
+    expect(lines.some((l) => /headers\.request\.set\.x-token: .*LEGATE_TEST_SURELY_UNSET/.test(l))).toBe(true);
+    expect(lines.some((l) => /transfer-encoding is hop-by-hop/.test(l))).toBe(true);
   });
 });
