@@ -6,6 +6,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { formatIssue, loadConfigFile } from './config/load.js';
 import type { LegateConfig, RouteSettings } from './config/model.js';
 import { isLegateError } from './errors.js';
+import { applyControlHeaders } from './layers/control-headers.js';
+import { ENVOY_CONTROL_HEADERS } from './proxy/headers.js';
+import type { RequestPolicy } from './proxy/types.js';
 import { upstreamPath } from './layers/forward.js';
 import { findRoute, whyNot } from './routing/router.js';
 import { parseTarget, type RequestTarget } from './routing/target.js';
@@ -35,11 +38,44 @@ function policyLines(r: RouteSettings): string[] {
     `  timeout:        ${r.timeoutMs === 0 ? 'none' : `${r.timeoutMs} ms`} whole exchange; idle ${r.idleTimeoutMs === 0 ? 'none' : `${r.idleTimeoutMs} ms`}`,
     `  retry:          ${r.retry.retries} retries on [${r.retry.on.join(', ')}]; per try ${r.retry.perTryTimeoutMs === 0 ? 'no timeout' : `${r.retry.perTryTimeoutMs} ms`}; back-off ${r.retry.backoff.baseMs}–${r.retry.backoff.maxMs} ms; budget ${r.retry.budget.ratio} + ${r.retry.budget.minPerSecond}/s; header may ask up to ${r.retry.maxFromHeader}`,
     `  circuit breaker: ${cb.enabled ? `opens at ${cb.errorThresholdPercentage}% of ≥${cb.volumeThreshold} tries in ${cb.windowMs} ms on [${cb.failOn.join(', ')}]; retries after ${cb.resetTimeoutMs} ms` : 'off'}`,
-    `  limits:         body ${r.limits.maxRequestBodyBytes === 0 ? 'unlimited' : `≤ ${r.limits.maxRequestBodyBytes} bytes`}; concurrent ${r.limits.maxConcurrent === 0 ? 'unlimited' : r.limits.maxConcurrent}`,
+    `  limits:         body ${r.limits.maxRequestBodyBytes === 0 ? 'unlimited' : `≤ ${r.limits.maxRequestBodyBytes} bytes`}; concurrent ${r.limits.maxConcurrent === 0 ? 'unlimited' : `${r.limits.maxConcurrent}, ${r.limits.maxPending} may wait`}`,
     ...(r.rateLimit === undefined ? [] : [`  rate limit:     ${r.rateLimit.perSecond}/s, burst ${r.rateLimit.burst}`]),
     `  tls:            ${r.tls === undefined ? 'none' : [r.tls.ca && 'ca', r.tls.cert && 'client certificate', r.tls.serverName && `serverName ${r.tls.serverName}`].filter(Boolean).join(', ') || 'system CAs'}`,
     `  opt-outs allowed: ${r.optOut.size === 0 ? 'none' : [...r.optOut].join(', ')}`,
+    ...headerLines('request', r.headers.request),
+    ...headerLines('response', r.headers.response),
   ];
+}
+
+/** What the request's own control headers change, as legate would apply them (from a loopback client). */
+function requestPolicyLines(r: RouteSettings, headers: IncomingHttpHeaders): string[] {
+  if (!Object.keys(headers).some((h) => h.startsWith('x-legate-') || ENVOY_CONTROL_HEADERS.has(h))) return [];
+  const policy: RequestPolicy = {
+    retries: r.retry.retries,
+    retryOn: r.retry.on,
+    timeoutMs: r.timeoutMs,
+    perTryTimeoutMs: r.retry.perTryTimeoutMs,
+    optOut: new Set(),
+    optOutDenied: [],
+  };
+  try {
+    applyControlHeaders(headers, policy, { maxFromHeader: r.retry.maxFromHeader, optOut: r.optOut });
+  } catch (e) {
+    return [`  this request:   → 400 bad-control-header: ${(e as Error).message}`];
+  }
+  return [
+    `  this request:   ${policy.retries} retries on [${policy.retryOn.join(', ')}]; timeout ${policy.timeoutMs === 0 ? 'none' : `${policy.timeoutMs} ms`}; per try ${policy.perTryTimeoutMs === 0 ? 'none' : `${policy.perTryTimeoutMs} ms`}` +
+      (policy.optOut.size > 0 ? `; skips ${[...policy.optOut].join(', ')}` : '') +
+      (policy.optOutDenied.length > 0 ? `; opt-out denied: ${policy.optOutDenied.join(', ')}` : ''),
+  ];
+}
+
+/** Header rules by name only: their values may be credentials. */
+function headerLines(side: string, rules: RouteSettings['headers']['request']): string[] {
+  const out: string[] = [];
+  if (rules.set.length > 0) out.push(`  ${side} headers set: ${rules.set.map(([n]) => n).join(', ')} (values not shown)`);
+  if (rules.remove.length > 0) out.push(`  ${side} headers removed: ${rules.remove.join(', ')}`);
+  return out;
 }
 
 export async function explain(file: string, method: string, url: string, headerArgs: readonly string[]): Promise<number> {
@@ -72,8 +108,12 @@ export async function explain(file: string, method: string, url: string, headerA
       const host = r.preserveHost ? target.authority : e.url.host;
       out.push(`  → ${e.url.protocol}//${e.url.host}${upstreamPath(base, rest + target.query)}  (Host: ${host}${r.upstream.endpoints.length > 1 ? `, weight ${e.weight}` : ''})`);
     }
-    if (r.upstream.discovery !== undefined) out.push(`  endpoints from ${r.upstream.discovery.type} every ${r.upstream.discovery.refreshMs} ms`);
+    const d = r.upstream.discovery;
+    if (d !== undefined) {
+      out.push(`  endpoints: every address ${d.type === 'dns-srv' ? `of the SRV records of ${d.name ?? '?'}` : `of ${r.upstream.endpoints[0]?.url.hostname ?? '?'}`} in DNS${d.resolver === undefined ? '' : ` (resolver ${d.resolver.text})`}, refreshed every ${d.refreshMs} ms or at the record's TTL`);
+    }
     out.push(...policyLines(r));
+    out.push(...requestPolicyLines(r, headers));
     process.stdout.write(out.join('\n') + '\n');
     return 0;
   } catch (e) {

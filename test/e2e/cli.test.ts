@@ -86,6 +86,10 @@ describe('legate CLI', () => {
     expect(hit.stdout).toContain('route payments');
     expect(hit.stdout).toContain('https://payments.internal:8443/api/charge?x=1');
     expect(hit.stdout).toMatch(/retry: +3 retries/);
+    const tuned = await cli('explain', '--config', file, 'GET', '/payments/x', '-H', 'x-legate-max-retries: 9', '-H', 'x-legate-opt-out: retry');
+    expect(tuned.stdout).toMatch(/this request: +5 retries .*opt-out denied: retry/);
+    const bad = await cli('explain', '--config', file, 'GET', '/payments/x', '-H', 'x-legate-timeout-ms: soon');
+    expect(bad.stdout).toMatch(/400 bad-control-header: x-legate-timeout-ms/);
     const miss = await cli('explain', '--config', file, 'GET', 'http://evil.example/x');
     expect(miss.code).toBe(1);
     expect(miss.stdout).toContain('404 no-route');
