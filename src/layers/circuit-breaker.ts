@@ -4,7 +4,13 @@
  * try; the failures are the route's `failOn`, including 5xx responses, which
  * opossum would otherwise see as successes. Open: `503 circuit-open` with
  * `Retry-After`, nothing sent. After `resetTimeout` one trial goes through.
+ *
+ * opossum runs the state machine, the reset timer and the rolling window;
+ * legate decides when a closed breaker opens, because opossum's own rule
+ * divides by every call fired — tries still in flight and calls it rejected
+ * while open included — which is not SPEC's "failing share of the tries".
  */
+import { EventEmitter } from 'node:events';
 import CircuitBreaker from 'opossum';
 import { performance } from 'node:perf_hooks';
 import type { CircuitBreakerSettings } from '../config/model.js';
@@ -12,6 +18,9 @@ import { LegateError, isLegateError } from '../errors.js';
 import type { BreakerState, Observer } from '../observability/observer.js';
 import type { Handler, Layer, ProxyRequest, UpstreamResponse } from '../proxy/types.js';
 import type { Endpoint, RouteRuntime } from '../runtime/route-runtime.js';
+
+/** Buckets of the rolling window. */
+const BUCKETS = 10;
 
 /** A response that counts as a failure: thrown through opossum, then handed back. */
 class CountedFailure extends Error {
@@ -38,10 +47,13 @@ function statusFails(status: number, failOn: CircuitBreakerSettings['failOn']): 
   return false;
 }
 
-/** A breaker with the bookkeeping legate adds: when it opened, and its dispose. */
+/** A breaker with the bookkeeping legate adds: its trip rule, when it opened, and its dispose. */
 export class EndpointBreaker {
   readonly breaker: CircuitBreaker<[ProxyRequest, Handler], UpstreamResponse>;
   readonly #resetTimeoutMs: number;
+  /** Drives the rolling window's buckets, so a close can empty it. */
+  readonly #rotate = new EventEmitter();
+  readonly #rotation: NodeJS.Timeout;
   #openedAt = 0;
   #state: BreakerState = 'closed';
 
@@ -59,29 +71,46 @@ export class EndpointBreaker {
         timeout: false,
         resetTimeout: settings.resetTimeoutMs,
         rollingCountTimeout: settings.windowMs,
-        rollingCountBuckets: 10,
-        volumeThreshold: settings.volumeThreshold,
-        // opossum opens when the rate exceeds the threshold; SPEC opens when it reaches it.
-        errorThresholdPercentage: settings.errorThresholdPercentage - 1e-9,
+        rollingCountBuckets: BUCKETS,
+        rotateBucketController: this.#rotate,
+        // Never reached: a closed breaker is opened by #judge; opossum still reopens on a failed trial.
+        volumeThreshold: Number.MAX_SAFE_INTEGER,
+        rollingPercentilesEnabled: false,
         enableSnapshots: false,
-        // True means "not a failure of the upstream": failures outside failOn, and the app hanging up.
+        // True means "not a failure of the upstream": failures outside failOn, and tries that ended without
+        // any word from it (the app hung up). Such a try cannot close a half-open breaker, though: it reopens.
         errorFilter: (err: unknown) => {
           if (err instanceof CountedFailure) return false;
-          if (!isLegateError(err)) return true;
-          const condition = ERROR_CONDITION[err.code];
-          return condition === undefined || !failOn.includes(condition as never);
+          const condition = isLegateError(err) ? ERROR_CONDITION[err.code] : undefined;
+          if (condition === undefined) return !this.breaker.halfOpen;
+          return !failOn.includes(condition as never);
         },
       },
     );
+    this.#rotation = setInterval(() => this.#rotate.emit('rotate'), Math.max(1, Math.floor(settings.windowMs / BUCKETS)));
+    this.#rotation.unref();
+    // Runs after opossum has counted the failure.
+    this.breaker.on('failure', () => this.#judge(settings));
     const move = (to: BreakerState) => () => {
       const from = this.#state;
       this.#state = to;
       if (to === 'open') this.#openedAt = performance.now();
+      // A breaker that closes starts a fresh window: the failures that opened it, and the calls refused
+      // while it was open, say nothing about the upstream that just answered the trial.
+      if (to === 'closed') for (let i = 0; i < BUCKETS; i++) this.#rotate.emit('rotate');
       if (from !== to) onTransition(from, to);
     };
     this.breaker.on('open', move('open'));
     this.breaker.on('halfOpen', move('half-open'));
     this.breaker.on('close', move('closed'));
+  }
+
+  /** Opens a closed breaker once the window holds volumeThreshold finished tries and the failing share reached the threshold. */
+  #judge(settings: CircuitBreakerSettings): void {
+    if (!this.breaker.closed) return;
+    const { failures, successes } = this.breaker.stats;
+    const tries = failures + successes;
+    if (tries >= settings.volumeThreshold && failures * 100 >= settings.errorThresholdPercentage * tries) this.breaker.open();
   }
 
   get state(): BreakerState {
@@ -99,6 +128,7 @@ export class EndpointBreaker {
   }
 
   dispose(): void {
+    clearInterval(this.#rotation);
     this.breaker.shutdown();
   }
 }

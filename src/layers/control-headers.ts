@@ -12,14 +12,19 @@ import type { Layer, RequestPolicy } from '../proxy/types.js';
 
 const RETRY_CONDITIONS = new Set(['connect-failure', 'reset', 'timeout', '5xx', 'gateway-error', 'retriable-4xx']);
 const OPT_OUTS = new Set<string>(['retry', 'circuit-breaker', 'log']);
-/** Envoy retry-on names legate can honour, mapped to its own. Others are ignored, as Envoy ignores unknown ones. */
-const ENVOY_RETRY_ON: Readonly<Record<string, string>> = {
-  '5xx': '5xx',
-  'gateway-error': 'gateway-error',
-  reset: 'reset',
-  'connect-failure': 'connect-failure',
-  'retriable-4xx': 'retriable-4xx',
-  'refused-stream': 'reset',
+/**
+ * Envoy retry-on names legate can honour, mapped to its own conditions. Envoy
+ * treats a reset, a connect failure and a per-try timeout as a 5xx (and as a
+ * gateway error), and `reset` covers all three (router/retry_state_impl.cc).
+ * Names legate cannot honour are ignored, as Envoy ignores unknown ones.
+ */
+const ENVOY_RETRY_ON: Readonly<Record<string, readonly string[]>> = {
+  '5xx': ['5xx', 'connect-failure', 'reset', 'timeout'],
+  'gateway-error': ['gateway-error', 'connect-failure', 'reset', 'timeout'],
+  reset: ['reset', 'connect-failure', 'timeout'],
+  'connect-failure': ['connect-failure'],
+  'retriable-4xx': ['retriable-4xx'],
+  'refused-stream': ['reset'],
 };
 /** Upper bound of list headers: a 10,000-entry list is an attack, not a policy. */
 const MAX_LIST = 32;
@@ -34,7 +39,7 @@ function single(headers: IncomingHttpHeaders, name: string): string | undefined 
 function nonNegativeInt(name: string, raw: string, min: number): number {
   const v = raw.trim();
   if (!/^\d{1,15}$/.test(v)) {
-    throw new BadControlHeaderError(name, `must be an integer >= ${min}, got ${JSON.stringify(raw.slice(0, 40))}`);
+    throw new BadControlHeaderError(name, `must be an integer >= ${min} of at most 15 digits, got ${JSON.stringify(raw.slice(0, 40))}`);
   }
   const n = Number(v);
   if (n < min) throw new BadControlHeaderError(name, `must be an integer >= ${min}, got ${n}`);
@@ -84,10 +89,7 @@ export function applyControlHeaders(
   } else {
     const envoyOn = single(headers, 'x-envoy-retry-on');
     if (envoyOn !== undefined) {
-      const mapped = list('x-envoy-retry-on', envoyOn).flatMap((i) => {
-        const m = ENVOY_RETRY_ON[i];
-        return m === undefined ? [] : [m];
-      });
+      const mapped = list('x-envoy-retry-on', envoyOn).flatMap((i) => ENVOY_RETRY_ON[i] ?? []);
       policy.retryOn = [...new Set(mapped)];
     }
   }

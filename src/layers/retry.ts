@@ -64,6 +64,8 @@ export function parseRetryAfter(value: string | string[] | undefined, now = Date
   const v = Array.isArray(value) ? value[0] : value;
   if (v === undefined) return undefined;
   if (/^\d{1,10}$/.test(v.trim())) return Number(v.trim()) * 1000;
+  // An HTTP-date names its month; Date.parse alone would read "-1" as a year.
+  if (!/\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\b/.test(v)) return undefined;
   const date = Date.parse(v);
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
@@ -111,6 +113,9 @@ async function tryOnce(next: Handler, req: ProxyRequest, retryStatuses: boolean)
 }
 
 export function createRetryLayer(opts: RetryLayerOptions): Layer {
+  // A request that opted out of circuit breaking is not stopped by one either.
+  const everyBreakerOpen = (req: ProxyRequest): boolean =>
+    !req.policy.optOut.has('circuit-breaker') && !opts.anyEndpointUsable(req, req.route.balancer.endpoints);
   return (next) => async (req) => {
     const settings = req.route.settings;
     const budget = req.route.state.get('retry-budget', () => new RetryBudget(settings.retry.budget.ratio, settings.retry.budget.minPerSecond));
@@ -133,7 +138,7 @@ export function createRetryLayer(opts: RetryLayerOptions): Layer {
           // Only a connect failure proves the upstream never saw the request.
           if (condition !== 'connect-failure' && !mayResend(req, settings)) return false;
           if (!req.body.replayable && req.body.consumed) return false;
-          if (!opts.anyEndpointUsable(req, req.route.balancer.endpoints)) return false;
+          if (everyBreakerOpen(req)) return false;
 
           let wait = backoffMs(retriesConsumed, settings.retry.backoff.baseMs, settings.retry.backoff.maxMs);
           if (error instanceof RetryableResponse && error.response.status === 503) {
@@ -148,10 +153,21 @@ export function createRetryLayer(opts: RetryLayerOptions): Layer {
             (req as RequestContext).budgetExhausted = true;
             return false;
           }
+          if (wait > 0) {
+            try {
+              await sleep(wait, undefined, { signal: req.signal });
+            } catch (e) {
+              // Abandoned during the back-off (deadline, app gone): the response held for the app goes too.
+              if (error instanceof RetryableResponse) error.response.body.destroy();
+              throw e;
+            }
+          }
+          // A breaker may have opened during the back-off: that ends retrying too, and the app gets this
+          // try's real outcome rather than a circuit-open for a try that never happened.
+          if (everyBreakerOpen(req)) return false;
           const last = req.tries[req.tries.length - 1];
           if (last !== undefined) last.retryReason = String(condition);
           if (error instanceof RetryableResponse) discard(error.response);
-          if (wait > 0) await sleep(wait, undefined, { signal: req.signal });
           return true;
         },
       });

@@ -3,6 +3,8 @@
  * reach `ratio` of requests plus `minPerSecond` per second. It keeps retries
  * from multiplying load on an upstream that is already failing.
  */
+import { performance } from 'node:perf_hooks';
+
 const WINDOW_SECONDS = 10;
 
 export class RetryBudget {
@@ -13,7 +15,8 @@ export class RetryBudget {
   #second = 0;
   readonly #now: () => number;
 
-  constructor(ratio: number, minPerSecond: number, now: () => number = Date.now) {
+  /** `now` in ms; monotonic by default, so a wall-clock step cannot freeze or flush the window. */
+  constructor(ratio: number, minPerSecond: number, now: () => number = () => performance.now()) {
     this.#ratio = ratio;
     this.#minPerSecond = minPerSecond;
     this.#now = now;
