@@ -112,10 +112,65 @@ async function tryOnce(next: Handler, req: ProxyRequest, retryStatuses: boolean)
   }
 }
 
+/** A request that opted out of circuit breaking is not stopped by one either. */
+function everyBreakerOpen(req: ProxyRequest, opts: RetryLayerOptions): boolean {
+  return !req.policy.optOut.has('circuit-breaker') && !opts.anyEndpointUsable(req, req.route.balancer.endpoints);
+}
+
+/**
+ * Whether the try that failed with `error` may be followed by another, and
+ * if so, waits the back-off. `retriesConsumed` counts retries already made.
+ */
+async function decideRetry(req: ProxyRequest, opts: RetryLayerOptions, budget: RetryBudget, error: unknown, retriesConsumed: number): Promise<boolean> {
+  const settings = req.route.settings;
+  const condition = failureCondition(error);
+  if (condition === undefined || req.signal.aborted) return false;
+  const enabled = typeof condition === 'number' ? statusMatches(condition, req.policy.retryOn) : req.policy.retryOn.includes(condition);
+  if (!enabled) return false;
+  // Only a connect failure proves the upstream never saw the request.
+  if (condition !== 'connect-failure' && !mayResend(req, settings)) return false;
+  if (!req.body.replayable && req.body.consumed) return false;
+  if (everyBreakerOpen(req, opts)) return false;
+
+  let wait = backoffMs(retriesConsumed, settings.retry.backoff.baseMs, settings.retry.backoff.maxMs);
+  if (error instanceof RetryableResponse && error.response.status === 503) {
+    const after = parseRetryAfter(error.response.headers['retry-after']);
+    if (after !== undefined) {
+      if (req.deadline === Infinity && after > MAX_RETRY_AFTER_MS) return false;
+      wait = after;
+    }
+  }
+  if (performance.now() + wait >= req.deadline) return false;
+  if (!budget.tryWithdraw()) {
+    (req as RequestContext).budgetExhausted = true;
+    return false;
+  }
+  if (wait > 0) {
+    try {
+      await sleep(wait, undefined, { signal: req.signal });
+    } catch (e) {
+      // Abandoned during the back-off (deadline, app gone): the response held for the app goes too.
+      if (error instanceof RetryableResponse) error.response.body.destroy();
+      throw e;
+    }
+  }
+  // A breaker may have opened during the back-off: that ends retrying too, and the app gets this
+  // try's real outcome rather than a circuit-open for a try that never happened.
+  if (everyBreakerOpen(req, opts)) return false;
+  const last = req.tries[req.tries.length - 1];
+  if (last !== undefined) last.retryReason = String(condition);
+  if (error instanceof RetryableResponse) discard(error.response);
+  return true;
+}
+
+/** The outcome of the last try: a held response is the answer; an abort surfaces as its reason (the deadline's 504). */
+function settle(req: ProxyRequest, e: unknown): UpstreamResponse {
+  if (e instanceof RetryableResponse) return e.response;
+  if ((e as Error).name === 'AbortError' && isLegateError(req.signal.reason)) throw req.signal.reason;
+  throw e;
+}
+
 export function createRetryLayer(opts: RetryLayerOptions): Layer {
-  // A request that opted out of circuit breaking is not stopped by one either.
-  const everyBreakerOpen = (req: ProxyRequest): boolean =>
-    !req.policy.optOut.has('circuit-breaker') && !opts.anyEndpointUsable(req, req.route.balancer.endpoints);
   return (next) => async (req) => {
     const settings = req.route.settings;
     const budget = req.route.state.get('retry-budget', () => new RetryBudget(settings.retry.budget.ratio, settings.retry.budget.minPerSecond));
@@ -124,58 +179,27 @@ export function createRetryLayer(opts: RetryLayerOptions): Layer {
     if (retries === 0) return tryOnce(next, req, false);
 
     req.body = await bufferForReplay(req.raw, req.body, settings.retry.bufferLimitBytes, req.signal);
+    // The first try runs on its own: it almost always succeeds, and p-retry's loop costs a few
+    // microseconds per request. p-retry takes over only once a retry is decided.
+    try {
+      return await tryOnce(next, req, true);
+    } catch (first) {
+      try {
+        if (!(await decideRetry(req, opts, budget, first, 0))) return settle(req, first);
+      } catch (e) {
+        return settle(req, e);
+      }
+    }
     try {
       return await pRetry(() => tryOnce(next, req, true), {
-        retries,
+        retries: retries - 1,
         minTimeout: 0,
         factor: 1,
         signal: req.signal,
-        shouldRetry: async ({ error, retriesConsumed }) => {
-          const condition = failureCondition(error);
-          if (condition === undefined || req.signal.aborted) return false;
-          const enabled = typeof condition === 'number' ? statusMatches(condition, req.policy.retryOn) : req.policy.retryOn.includes(condition);
-          if (!enabled) return false;
-          // Only a connect failure proves the upstream never saw the request.
-          if (condition !== 'connect-failure' && !mayResend(req, settings)) return false;
-          if (!req.body.replayable && req.body.consumed) return false;
-          if (everyBreakerOpen(req)) return false;
-
-          let wait = backoffMs(retriesConsumed, settings.retry.backoff.baseMs, settings.retry.backoff.maxMs);
-          if (error instanceof RetryableResponse && error.response.status === 503) {
-            const after = parseRetryAfter(error.response.headers['retry-after']);
-            if (after !== undefined) {
-              if (req.deadline === Infinity && after > MAX_RETRY_AFTER_MS) return false;
-              wait = after;
-            }
-          }
-          if (performance.now() + wait >= req.deadline) return false;
-          if (!budget.tryWithdraw()) {
-            (req as RequestContext).budgetExhausted = true;
-            return false;
-          }
-          if (wait > 0) {
-            try {
-              await sleep(wait, undefined, { signal: req.signal });
-            } catch (e) {
-              // Abandoned during the back-off (deadline, app gone): the response held for the app goes too.
-              if (error instanceof RetryableResponse) error.response.body.destroy();
-              throw e;
-            }
-          }
-          // A breaker may have opened during the back-off: that ends retrying too, and the app gets this
-          // try's real outcome rather than a circuit-open for a try that never happened.
-          if (everyBreakerOpen(req)) return false;
-          const last = req.tries[req.tries.length - 1];
-          if (last !== undefined) last.retryReason = String(condition);
-          if (error instanceof RetryableResponse) discard(error.response);
-          return true;
-        },
+        shouldRetry: ({ error, retriesConsumed }) => decideRetry(req, opts, budget, error, retriesConsumed + 1),
       });
     } catch (e) {
-      if (e instanceof RetryableResponse) return e.response;
-      // An abort during back-off surfaces as the abort's reason (the deadline's 504).
-      if ((e as Error).name === 'AbortError' && isLegateError(req.signal.reason)) throw req.signal.reason;
-      throw e;
+      return settle(req, e);
     }
   };
 }
