@@ -143,7 +143,14 @@ export class LegateApp {
         current: () => this.#generation,
         draining: () => this.#draining,
         onComplete: (ctx) => this.#onComplete(ctx),
-        onClientError: (err) => this.logger.debug({ err: err.message }, 'malformed request from the app'),
+        onClientError: (err, socket) =>
+          this.logger.debug({ err: err.message, code: (err as NodeJS.ErrnoException).code, remoteAddress: socket.remoteAddress }, 'malformed request from the app'),
+        adminAddress: () => this.address('admin'),
+        onConnectionsDropped: (dropped, maxConnections, last) =>
+          this.logger.warn(
+            { listener: key, dropped, maxConnections, remoteAddress: last?.remoteAddress },
+            'connection limit reached: new connections closed at accept (limits.maxConnections)',
+          ),
       },
       key,
       this.#generation.config.limits,

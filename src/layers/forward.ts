@@ -9,6 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { PassThrough, type Readable } from 'node:stream';
 import httpProxy from 'http-proxy';
 import { classifyUpstreamFailure, isLegateError, LegateError, UpstreamError, type LegateError as LE } from '../errors.js';
+import { AppRequestError } from '../proxy/respond.js';
 import type { Handler, ProxyRequest, TryRecord, UpstreamResponse } from '../proxy/types.js';
 
 /** The endpoint's base path joined to the request's part; never empty. */
@@ -25,6 +26,15 @@ interface TryHooks {
 
 export class IdleTimeoutError extends Error {
   readonly code = 'LEGATE_IDLE_TIMEOUT';
+}
+
+/**
+ * True while the app's request body is unfinished and nothing of it waits to be
+ * sent: a silence on the upstream connection then is the app's, not the
+ * upstream's (which is waiting for the rest of the body, as servers do).
+ */
+export function appBodyStalled(raw: IncomingMessage): boolean {
+  return !raw.complete && raw.readableLength === 0;
 }
 
 export interface Forwarder {
@@ -71,6 +81,8 @@ export function createForwarder(): Forwarder {
       // gate that opens in onProxyReq. (The app's stream itself starts flowing only after the
       // socket is assigned, because http-proxy pipes it after creating the request.)
       const body: Readable | undefined = req.body.open();
+      // Read with the stream it describes: the length of the body this try sends, undefined when not known up front.
+      const bodyLength = req.body.length;
       const gate = body === undefined ? undefined : new PassThrough();
       const trySignal = (req as ProxyRequest & TrySignalCarrier)[TRY_SIGNAL];
 
@@ -110,12 +122,37 @@ export function createForwarder(): Forwarder {
           }
           // Set here, not through http-proxy's URL joining, which collapses `//` and re-escapes the path.
           pr.path = upstreamPath(endpoint.basePath, req.forwardPath);
+          // Framing comes from the body this try sends, never from the app's headers (Transfer-Encoding is
+          // hop-by-hop and was dropped): without it Node writes a GET's chunked body unframed, and http-proxy
+          // gives a DELETE or OPTIONS without Content-Length a `Content-Length: 0`; either way the upstream would
+          // parse the body as a second request that legate never routed (request smuggling).
+          if (bodyLength === undefined) {
+            pr.removeHeader('content-length');
+            pr.setHeader('transfer-encoding', 'chunked');
+          } else if (bodyLength > 0) {
+            pr.removeHeader('transfer-encoding');
+            pr.setHeader('content-length', String(bodyLength));
+          }
           if (body !== undefined && gate !== undefined) {
             body.on('error', fail);
             body.pipe(gate);
           }
           const idle = req.route.settings.idleTimeoutMs;
-          if (idle > 0) pr.setTimeout(idle, () => pr.destroy(new IdleTimeoutError('idle')));
+          if (idle > 0) {
+            pr.setTimeout(idle, () =>
+              pr.destroy(
+                appBodyStalled(req.raw)
+                  ? new AppRequestError(408, `the app sent nothing of its request body for ${idle} ms (idleTimeout of route ${req.route.name})`)
+                  : new IdleTimeoutError('idle'),
+              ),
+            );
+          }
+          // A response Node does not hand over (a 101 Switching Protocols nobody asked for) ends the request
+          // with neither a response nor an error; without this the try would hang until the deadline. Deferred
+          // so that the error of an ordinary failure, emitted just before 'close', classifies the try.
+          pr.once('close', () =>
+            setImmediate(() => fail(new UpstreamError('upstream-reset', endpoint.key, `${endpoint.key} closed the connection without a usable response`))),
+          );
         },
         onProxyRes(res) {
           if (settled) {

@@ -3,12 +3,29 @@
  * any failure becomes a status from errors.ts; after it, a failure can only
  * reset the app's connection (SPEC §6: never a retry once bytes reached the app).
  */
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream';
 import { LegateError } from '../errors.js';
 import type { RequestContext } from './context.js';
 import { downstreamResponseHeaders } from './headers.js';
 import type { UpstreamResponse } from './types.js';
+
+/**
+ * A request refused for its own shape or pace rather than for its route: the
+ * `bad-request` code that the listener's parser-level answers also carry, with
+ * the status RFC 9110 has for the case (408 for an app that goes silent
+ * mid-request, as nginx's `client_body_timeout` and Envoy's stream idle
+ * timeout answer; 431 for too many header fields). Never retried and never
+ * counted by a breaker: the upstream did nothing wrong.
+ */
+export class AppRequestError extends LegateError {
+  override readonly status: 400 | 408 | 431;
+  constructor(status: 400 | 408 | 431, message: string) {
+    super('bad-request', message);
+    this.name = 'AppRequestError';
+    this.status = status;
+  }
+}
 
 function legateHeaders(ctx: RequestContext, headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
   headers['x-request-id'] = ctx.id;
@@ -28,6 +45,9 @@ export function sendUpstreamResponse(ctx: RequestContext, up: UpstreamResponse):
   ctx.status = up.status;
   ctx.upstreamMs = up.upstreamMs;
   const headers = legateHeaders(ctx, downstreamResponseHeaders(up.headers));
+  // The upstream answered before the app finished its body: once this response ends, the connection closes
+  // rather than waiting for (and discarding) the rest, which an app that stalls would never send.
+  if (!ctx.raw.complete) headers.connection = 'close';
   return new Promise((resolve) => {
     const onAbort = (): void => {
       up.body.destroy(ctx.signal.reason as Error);
@@ -85,8 +105,11 @@ export function sendError(ctx: RequestContext | undefined, res: ServerResponse, 
   headers['content-length'] = Buffer.byteLength(body);
   headers['cache-control'] = 'no-store';
   if (err.retryAfterSeconds !== undefined) headers['retry-after'] = String(Math.max(1, Math.ceil(err.retryAfterSeconds)));
-  // A request whose body legate will not read must not keep the connection: the unread rest would be parsed as the next request.
-  if (req !== undefined && !req.complete && err.status === 413) headers.connection = 'close';
-  res.writeHead(err.status, headers);
+  // A request whose body legate did not read to the end must not keep the connection: the rest would wait
+  // unread (holding the socket) or be parsed as the next request.
+  if (req !== undefined && !req.complete) headers.connection = 'close';
+  // The reason phrase is always ours: writeHead stores a phrase before validating it, so an upstream's
+  // invalid one, left on `res` by the failed relay above, would make this 502 throw as well.
+  res.writeHead(err.status, STATUS_CODES[err.status] ?? 'Error', headers);
   res.end(body);
 }

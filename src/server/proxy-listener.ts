@@ -23,7 +23,7 @@ import { RequestContext } from '../proxy/context.js';
 import { appRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
 import { AppRequestError, sendError, sendUpstreamResponse } from '../proxy/respond.js';
 import { findRoute } from '../routing/router.js';
-import { parseTarget, splitAuthority, type RequestTarget } from '../routing/target.js';
+import { parseTarget, type RequestTarget } from '../routing/target.js';
 import type { Generation } from '../runtime/generation.js';
 
 /**
