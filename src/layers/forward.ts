@@ -86,7 +86,12 @@ export function createForwarder(): Forwarder {
       const gate = body === undefined ? undefined : new PassThrough();
       const trySignal = (req as ProxyRequest & TrySignalCarrier)[TRY_SIGNAL];
 
+      // http-proxy adds an 'aborted' and an 'error' listener to the app's request on every call and never
+      // removes them. A retry drops its own once settled (legate's signals cover both), or a request retried
+      // ten times trips MaxListenersExceededWarning. The first try's pair is left: it ends with the request.
+      let detachProxyListeners: (() => void) | undefined;
       const cleanup = (): void => {
+        detachProxyListeners?.();
         req.signal.removeEventListener('abort', onAbort);
         trySignal?.removeEventListener('abort', onTryAbort);
         if (inFlight.get(req.raw) === hooks) inFlight.delete(req.raw);
@@ -189,6 +194,9 @@ export function createForwarder(): Forwarder {
       if (!req.route.settings.preserveHost) req.headers.host = endpoint.authority;
       // http-proxy copies the outgoing headers from `req.headers`: give it the cleaned set.
       req.raw.headers = req.headers as IncomingMessage['headers'];
+      const isRetry = req.tries.length > 1;
+      const abortedBefore = isRetry ? req.raw.listenerCount('aborted') : 0;
+      const errorBefore = isRetry ? req.raw.listenerCount('error') : 0;
       proxy.web(
         req.raw,
         req.appResponse,
@@ -200,6 +208,16 @@ export function createForwarder(): Forwarder {
         } as httpProxy.ServerOptions,
         (err) => fail(err),
       );
+      if (isRetry) {
+        const aborted = req.raw.listeners('aborted').slice(abortedBefore) as Array<(...args: unknown[]) => void>;
+        const errored = req.raw.listeners('error').slice(errorBefore) as Array<(...args: unknown[]) => void>;
+        detachProxyListeners = () => {
+          for (const l of aborted) req.raw.removeListener('aborted', l);
+          for (const l of errored) req.raw.removeListener('error', l);
+        };
+        // A try that settled while proxy.web ran.
+        if (settled) detachProxyListeners();
+      }
     });
 
   return {

@@ -393,10 +393,9 @@ describe('control headers', () => {
 describe('many retries', () => {
   const t = table(1, () => [status(503)], (_i, url) => route(url, { retries: 1, maxFromHeader: 20, budget: { minPerSecond: 100 } }));
 
-  // Known bug in src/layers/forward.ts (not this suite's to fix): http-proxy adds an 'aborted' and an 'error'
-  // listener to the app's request on every try and never removes them. A fix was proposed (detach each try's
-  // listeners once it settles); with it this test passes, so `it.fails` turns red: then make it a plain `it`.
-  it.fails('thirteen tries of one request do not leak listeners onto the app request (MaxListenersExceededWarning)', async () => {
+  // http-proxy adds an 'aborted' and an 'error' listener to the app's request on every try and never removes
+  // them; forward.ts detaches each retry's pair once it settles.
+  it('thirteen tries of one request do not leak listeners onto the app request (MaxListenersExceededWarning)', async () => {
     const r = await send({ port: t.cli().proxyPort, path: casePath(0), headers: { 'x-legate-max-retries': '12' } });
     expect(r.headers['x-legate-attempts']).toBe('13');
     expect(t.up(0).seen.length).toBe(13);
