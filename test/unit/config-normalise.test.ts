@@ -134,6 +134,11 @@ describe('defaults', () => {
 });
 
 describe('conversion', () => {
+  // Token files must exist: an unreadable ${file:} is an error at load.
+  const conf = mkdtempSync(join(tmpdir(), 'legate-conf-'));
+  mkdirSync(join(conf, 'secrets'));
+  writeFileSync(join(conf, 'secrets', 'token'), 't1');
+  writeFileSync(join(conf, 'abs-token'), 't2');
   const config = load(
     yaml(
       'listen: "[::1]:15001"',
@@ -151,12 +156,12 @@ describe('conversion', () => {
       '    optOut: [retry]',
       '    headers:',
       '      request:',
-      '        set: { x-token: "${file:secrets/token} and ${file:/abs/token} and ${env:HOME}" }',
+      `        set: { x-token: "\${file:secrets/token} and \${file:${join(conf, 'abs-token')}} and \${env:HOME}" }`,
       '  - name: discovered',
       '    upstream: { url: "http://billing.internal:8080", discovery: { type: dns-srv, name: _http._tcp.billing, resolver: "127.0.0.1:5353" } }',
       '    rateLimit: { perSecond: 100, burst: 200 }',
     ),
-    '/srv/conf/routes.yaml',
+    join(conf, 'routes.yaml'),
   );
   const weighted = route(config, 'weighted');
   const discovered = route(config, 'discovered');
@@ -165,7 +170,7 @@ describe('conversion', () => {
     ['IPv6 listen', config.listen, { host: '::1', port: 15001, text: '[::1]:15001' }],
     ['drainTimeoutMs', config.drainTimeoutMs, 60_000],
     ['logLevel', config.logLevel, 'debug'],
-    ['accessLog resolved against the config directory', config.accessLog, '/srv/conf/logs/access.log'],
+    ['accessLog resolved against the config directory', config.accessLog, join(conf, 'logs/access.log')],
     ['maxHeaderSizeBytes', config.limits.maxHeaderSizeBytes, 32_768],
     ['requestTimeoutMs', config.limits.requestTimeoutMs, 30_000],
     ['match host lower-cased', weighted.match.host, 'api.example.com'],
@@ -177,7 +182,7 @@ describe('conversion', () => {
     [
       'relative ${file:} paths resolved, others kept',
       weighted.headers.request.set,
-      [['x-token', '${file:/srv/conf/secrets/token} and ${file:/abs/token} and ${env:HOME}']],
+      [['x-token', `\${file:${join(conf, 'secrets/token')}} and \${file:${join(conf, 'abs-token')}} and \${env:HOME}`]],
     ],
     [
       'discovery',
