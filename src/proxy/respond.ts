@@ -4,7 +4,6 @@
  * reset the app's connection (SPEC §6: never a retry once bytes reached the app).
  */
 import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream';
 import { LegateError } from '../errors.js';
 import type { RequestContext } from './context.js';
 import { downstreamResponseHeaders } from './headers.js';
@@ -61,16 +60,30 @@ export function sendUpstreamResponse(ctx: RequestContext, up: UpstreamResponse):
       return;
     }
     ctx.signal.addEventListener('abort', onAbort, { once: true });
-    pipeline(up.body, res, (err) => {
+    // pipe() and three listeners rather than stream.pipeline(), which costs an AbortController and a
+    // DOMException per response (bench: ~50 µs). The first event to arrive says how the exchange ended.
+    let done = false;
+    const end = (failure: string | undefined): void => {
+      if (done) return;
+      done = true;
       ctx.signal.removeEventListener('abort', onAbort);
-      if (err) {
+      if (failure !== undefined) {
         ctx.resetAfterHead = true;
-        const code = (ctx.signal.reason as LegateError | undefined)?.code;
-        ctx.errorCode = code ?? 'upstream-reset';
+        ctx.errorCode = failure;
+        up.body.destroy();
         res.destroy();
       }
       resolve();
+    };
+    // Why the request was aborted, when it was: the deadline, or the app hanging up.
+    const abortCode = (): string | undefined => (ctx.signal.aborted ? (ctx.signal.reason as LegateError).code : undefined);
+    // The upstream failed mid-body, or legate cut it (an abort destroys the body with its reason).
+    up.body.on('error', () => end(abortCode() ?? 'upstream-reset'));
+    res.on('finish', () => end(undefined));
+    res.on('close', () => {
+      if (!res.writableFinished) end(abortCode() ?? 'client-closed');
     });
+    up.body.pipe(res);
   });
 }
 
