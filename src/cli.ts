@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { LegateApp } from './app.js';
 import { explain } from './explain.js';
 import { formatIssue, loadConfigFile } from './config/load.js';
-import { watchConfigFile } from './config/watch.js';
+import { watchConfigFile, type ConfigWatcher } from './config/watch.js';
 import { closeLogger, createLogger } from './observability/logger.js';
 
 const USAGE = `legate — an outbound HTTP proxy sidecar (ambassador) for legacy apps
@@ -57,6 +57,46 @@ async function run(file: string): Promise<number> {
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? loaded.config.logLevel });
   for (const w of loaded.warnings) logger.warn({ file }, w);
   const app = new LegateApp(loaded.config, { logger });
+  const absolute = path.resolve(file);
+
+  // Handlers go in before start: a signal that arrives while listeners bind must not take Node's
+  // default action (SIGHUP would kill the process).
+  let watcher: ConfigWatcher | undefined = undefined;
+  let started = false;
+  let stopping = false;
+  let exitWith: (code: number) => void = () => undefined;
+  const exited = new Promise<number>((resolve) => (exitWith = resolve));
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping || !started) {
+      // A second signal, or one before anything could be in flight: exit now.
+      logger.warn({ signal }, stopping ? 'second signal: exiting now, without waiting for requests in flight' : 'signal during start: exiting');
+      const exit = (): never => process.exit(128 + (constants.signals[signal] ?? 0));
+      // Lines written out in order if stdout takes them promptly; a stuck stdout gets 250 ms, no more.
+      setTimeout(exit, 250);
+      void closeLogger(logger).then(exit);
+      return;
+    }
+    stopping = true;
+    logger.info({ signal }, 'signal received: draining (send it again to exit at once)');
+    watcher?.close();
+    app.stop().then(
+      () => exitWith(0),
+      (e: unknown) => {
+        logger.error({ err: (e as Error).message }, 'error while stopping');
+        exitWith(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGHUP', () => {
+    if (!started) return; // The file is being loaded as it is now.
+    logger.info({ file }, 'SIGHUP: reloading config');
+    app.reloadText(readFileSync(absolute, 'utf8'), file).catch((e: unknown) => {
+      logger.error({ err: (e as Error).message, file }, 'config reload rejected; the previous config keeps serving');
+    });
+  });
+
   try {
     await app.start();
   } catch (e) {
@@ -64,49 +104,13 @@ async function run(file: string): Promise<number> {
     await closeLogger(logger);
     return 1;
   }
-
-  const absolute = path.resolve(file);
-  const watcher = watchConfigFile(absolute, readFileSync(absolute, 'utf8'), {
+  started = true;
+  watcher = watchConfigFile(absolute, readFileSync(absolute, 'utf8'), {
     onChange: (text) => void app.reloadText(text, file),
     onError: (e) => logger.warn({ err: e.message, file }, 'config watch error'),
   });
-  process.on('SIGHUP', () => {
-    logger.info({ file }, 'SIGHUP: reloading config');
-    void readFileAndReload();
-  });
-  const readFileAndReload = async (): Promise<void> => {
-    try {
-      await app.reloadText(readFileSync(absolute, 'utf8'), file);
-    } catch (e) {
-      logger.error({ err: (e as Error).message, file }, 'config reload rejected; the previous config keeps serving');
-    }
-  };
 
-  const code = await new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: NodeJS.Signals): void => {
-      if (stopping) {
-        logger.warn({ signal }, 'second signal: exiting now, without waiting for requests in flight');
-        const exit = (): never => process.exit(128 + (constants.signals[signal] ?? 0));
-        // Lines written out in order if stdout takes them promptly; a stuck stdout gets 250 ms, no more.
-        setTimeout(exit, 250);
-        void closeLogger(logger).then(exit);
-        return;
-      }
-      stopping = true;
-      logger.info({ signal }, 'signal received: draining (send it again to exit at once)');
-      watcher.close();
-      app.stop().then(
-        () => resolve(0),
-        (e: unknown) => {
-          logger.error({ err: (e as Error).message }, 'error while stopping');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
+  const code = await exited;
   await closeLogger(logger);
   // Exit now rather than when the event loop empties: a stray timer in any layer must not hold a stopping pod.
   process.exit(code);
