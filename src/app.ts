@@ -105,6 +105,8 @@ export class LegateApp {
   #ready = false;
   #draining = false;
   #stopping: Promise<void> | undefined;
+  /** The bound admin address, once it is up (asked on every request: not looked up each time). */
+  #adminAddress: string | undefined;
   #active = 0;
   #idle: (() => void) | undefined;
 
@@ -145,7 +147,7 @@ export class LegateApp {
         onComplete: (ctx) => this.#onComplete(ctx),
         onClientError: (err, socket) =>
           this.logger.debug({ err: err.message, code: (err as NodeJS.ErrnoException).code, remoteAddress: socket.remoteAddress }, 'malformed request from the app'),
-        adminAddress: () => this.address('admin'),
+        adminAddress: () => this.#adminAddress,
         onConnectionsDropped: (dropped, maxConnections, last) =>
           this.logger.warn(
             { listener: key, dropped, maxConnections, remoteAddress: last?.remoteAddress },
@@ -179,6 +181,7 @@ export class LegateApp {
       this.#proxy = proxy;
       await listen(admin, config.admin);
       this.#admin = admin;
+      this.#adminAddress = this.address('admin');
       await this.#syncRouteListeners(this.#generation);
     } catch (e) {
       await this.#closeAll();

@@ -175,9 +175,13 @@ export function createForwarder(): Forwarder {
       // A response Node does not hand over (a 101 Switching Protocols nobody asked for) ends the request
       // with neither a response nor an error; without this the try would hang until the deadline. Deferred
       // so that the error of an ordinary failure, emitted just before 'close', classifies the try.
-      pr.once('close', () =>
-        setImmediate(() => fail(new UpstreamError('upstream-reset', endpoint.key, `${endpoint.key} closed the connection without a usable response`))),
-      );
+      pr.once('close', () => {
+        // Every successful try closes too: nothing to build or schedule then.
+        if (settled) return;
+        setImmediate(() => {
+          if (!settled) fail(new UpstreamError('upstream-reset', endpoint.key, `${endpoint.key} closed the connection without a usable response`));
+        });
+      });
       if (body === undefined) {
         // The app's own stream: sent once, on the first try.
         req.raw.once('error', fail);

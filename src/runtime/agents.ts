@@ -49,8 +49,8 @@ export class AgentPool {
   }
 
   /** The pool for this endpoint's identity, created on first use. */
-  get(endpoint: EndpointSettings): Agent {
-    const id = identityOf(endpoint);
+  /** `id` may be passed by callers that computed it once (it is on every try's path). */
+  get(endpoint: EndpointSettings, id = identityOf(endpoint)): Agent {
     let agent = this.#agents.get(id);
     if (agent === undefined) {
       const factory = endpoint.url.protocol === 'https:' ? this.#factories.https : this.#factories.http;

@@ -117,8 +117,9 @@ export function buildGeneration(config: LegateConfig, previous: Generation | und
       const oldEndpointState = new Map<string, LayerState>();
       if (keep) for (const e of old.balancer.endpoints) oldEndpointState.set(e.key, e.state);
       endpoints = settings.upstream.endpoints.map((es) => {
-        agentIds.add(identityOf(es));
-        const ep = createEndpoint(es, () => deps.agents.get(es), undefined);
+        const id = identityOf(es);
+        agentIds.add(id);
+        const ep = createEndpoint(es, () => deps.agents.get(es, id), undefined);
         const epState = oldEndpointState.get(ep.key);
         return epState === undefined ? ep : { ...ep, state: epState };
       });
@@ -160,7 +161,8 @@ function startDiscovery(
     configured.url.protocol === 'https:' && configured.tls?.serverName === undefined && isIP(host) === 0
       ? { ...configured, tls: { ...configured.tls, serverName: host } }
       : configured;
-  agentIds.add(identityOf(agentSettings));
+  const agentId = identityOf(agentSettings);
+  agentIds.add(agentId);
   return state.get(DISCOVERY_STATE, () => {
     const before = old === undefined ? undefined : discoveryOf(old);
     const sameName =
@@ -173,7 +175,7 @@ function startDiscovery(
       route: settings.name,
       settings: discoverySettings,
       endpoint: configured,
-      agent: () => deps.agents.get(agentSettings),
+      agent: () => deps.agents.get(agentSettings, agentId),
       ...(deps.logger === undefined ? {} : { logger: deps.logger }),
       ...(seed === undefined ? {} : { seed }),
     });
