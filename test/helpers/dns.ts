@@ -47,6 +47,21 @@ export interface TestDnsServer {
 }
 
 const DEFAULT_TTL = 300;
+
+/**
+ * RFC 2782: an SRV target "MUST NOT" be compressed. dns2 compresses every name
+ * it writes, which Node 24's c-ares refuses (EBADRESP) where Node 20's let it
+ * pass. A writer whose `names` is not a Map turns dns2's compression off.
+ */
+function withoutCompression(response: object): void {
+  const packet = response as { toBuffer(writer?: object): Buffer };
+  const encode = packet.toBuffer.bind(packet);
+  const Writer = (Packet as unknown as { Writer: new () => { names?: unknown } }).Writer;
+  packet.toBuffer = (writer = new Writer()) => {
+    (writer as { names?: unknown }).names = {};
+    return encode(writer);
+  };
+}
 const TYPE_NAMES = new Map<number, string>(Object.entries(Packet.TYPE).map(([k, v]) => [v, k]));
 
 /** Starts a DNS server on 127.0.0.1 at a random UDP port. */
@@ -86,6 +101,7 @@ export async function startDnsServer(): Promise<TestDnsServer> {
         }
       }
     }
+    if (response.answers.some((a) => a.type === Packet.TYPE.SRV)) withoutCompression(response);
     void send(response).catch(() => undefined);
   });
   await server.listen(0, '127.0.0.1');
