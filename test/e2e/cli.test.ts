@@ -6,9 +6,10 @@ import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
-import { CLI, ROOT, startCli, tempDir, waitFor, type CliProcess } from '../helpers/legate.js';
+import { CLI, ROOT, tempDir, waitFor, type CliProcess } from '../helpers/legate.js';
+import { testScope } from '../helpers/scope.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const run = promisify(execFile);
@@ -23,22 +24,13 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
   }
 }
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
-async function upstream(tag: string): Promise<Upstream> {
-  const u = await startUpstream((_req, res) => {
+const scope = testScope();
+/** An upstream that answers every request with `tag`, so a test sees which one served it. */
+const upstream = (tag: string): Promise<Upstream> =>
+  scope.upstream((_req, res) => {
     res.end(tag);
   });
-  cleanups.push(() => u.close());
-  return u;
-}
-async function legate(yaml: string, configFile?: string): Promise<CliProcess> {
-  const p = await startCli(yaml, configFile === undefined ? {} : { configFile });
-  cleanups.push(() => p.stop('SIGKILL'));
-  return p;
-}
+const legate = (yaml: string, configFile?: string): Promise<CliProcess> => scope.cli(yaml, configFile === undefined ? {} : { configFile });
 const header = 'listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n';
 const routeTo = (u: Upstream, name = 'r') => `${header}routes:\n  - name: ${name}\n    upstream: ${u.url}\n    retry: { retries: 0 }\n`;
 
@@ -180,7 +172,7 @@ describe('hot reload', () => {
     const slow = await startUpstream((_req, res) => {
       release = () => res.end('old');
     });
-    cleanups.push(() => slow.close());
+    scope.defer(() => slow.close());
     const b = await upstream('new');
     const p = await legate(`${header}routes:\n  - name: r\n    upstream: ${slow.url}\n    retry: { retries: 0 }\n`);
     const inFlight = served(p);

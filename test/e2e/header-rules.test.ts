@@ -7,22 +7,13 @@
  */
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
 import { headerRulesOf } from '../../src/layers/header-rules.js';
 import { startApp, startCli, tempDir, waitFor, type CliProcess } from '../helpers/legate.js';
-import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { testScope } from '../helpers/scope.js';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
-
-async function upstream(...args: Parameters<typeof startUpstream>): Promise<Upstream> {
-  const u = await startUpstream(...args);
-  cleanups.push(() => u.close());
-  return u;
-}
+const { upstream, defer } = testScope();
 
 /** Writes `value` to `file` the way rotating agents do: a new file renamed over the old one. */
 function rotate(file: string, value: string): void {
@@ -65,7 +56,7 @@ routes:
 `,
     );
     const legate: CliProcess = await startCli('', { configFile, env: { LEGATE_TEST_API_KEY: envSecret } });
-    cleanups.push(() => legate.stop('SIGKILL'));
+    defer(() => legate.stop('SIGKILL'));
 
     const r = await request({
       port: legate.proxyPort,
@@ -134,7 +125,7 @@ routes:
 `,
       path.join(dir, 'routes.yaml'),
     );
-    cleanups.push(() => legate.stop());
+    defer(() => legate.stop());
     const route = legate.app.current().routes[0];
     if (route === undefined) throw new Error('route');
     rmSync(tokenFile);

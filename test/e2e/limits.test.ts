@@ -5,32 +5,14 @@
  * be seen to empty (deadline passed, app gone).
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CONCURRENCY_STATE, type ConcurrencyLimiter } from '../../src/layers/concurrency-limit.js';
 import { request, type Reply } from '../helpers/client.js';
-import { startApp, startCli, waitFor, type CliProcess, type InProcess } from '../helpers/legate.js';
-import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { waitFor, type InProcess } from '../helpers/legate.js';
+import { testScope } from '../helpers/scope.js';
+import { type Upstream } from '../helpers/upstream.js';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
-
-async function upstream(...args: Parameters<typeof startUpstream>): Promise<Upstream> {
-  const u = await startUpstream(...args);
-  cleanups.push(() => u.close());
-  return u;
-}
-async function cli(yaml: string): Promise<CliProcess> {
-  const p = await startCli(yaml);
-  cleanups.push(() => p.stop('SIGKILL'));
-  return p;
-}
-async function app(yaml: string): Promise<InProcess> {
-  const a = await startApp(yaml);
-  cleanups.push(() => a.stop());
-  return a;
-}
+const { upstream, cli, app } = testScope();
 const head = 'listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n';
 
 /**

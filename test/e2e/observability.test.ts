@@ -5,32 +5,17 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
-import { startApp, startCli, tempDir, waitFor, type CliProcess, type InProcess } from '../helpers/legate.js';
+import { tempDir, waitFor, type InProcess } from '../helpers/legate.js';
 import { parsePrometheusText, sampleValue, type MetricFamily } from '../helpers/prom.js';
-import { deadPort, echo, startUpstream, type Upstream, type UpstreamHandler } from '../helpers/upstream.js';
+import { testScope } from '../helpers/scope.js';
+import { deadPort, echo, type Upstream, type UpstreamHandler } from '../helpers/upstream.js';
 
-const cleanups: Array<() => Promise<unknown>> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
-
-async function upstream(handler: UpstreamHandler = echo): Promise<Upstream> {
-  const u = await startUpstream(handler);
-  cleanups.push(() => u.close());
-  return u;
-}
-async function inProcess(yaml: string): Promise<InProcess> {
-  const l = await startApp(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`);
-  cleanups.push(() => l.stop());
-  return l;
-}
-async function cli(yaml: string, opts: Parameters<typeof startCli>[1] = {}): Promise<CliProcess> {
-  const p = await startCli(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`, opts);
-  cleanups.push(() => p.stop('SIGKILL'));
-  return p;
-}
+const scope = testScope();
+const upstream = (handler: UpstreamHandler = echo): Promise<Upstream> => scope.upstream(handler);
+const inProcess = (yaml: string): Promise<InProcess> => scope.app(yaml);
+const cli = scope.cli;
 
 async function scrape(adminPort: number): Promise<Map<string, MetricFamily>> {
   const r = await request({ port: adminPort, path: '/metrics' });

@@ -4,26 +4,15 @@
  */
 import { createHash } from 'node:crypto';
 import http from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { rawExchange, request } from '../helpers/client.js';
-import { startApp, waitFor, type InProcess } from '../helpers/legate.js';
-import { deadPort, echo, startUpstream, type Upstream } from '../helpers/upstream.js';
+import { waitFor, type InProcess } from '../helpers/legate.js';
+import { testScope } from '../helpers/scope.js';
+import { deadPort, echo } from '../helpers/upstream.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
-
-async function upstream(...args: Parameters<typeof startUpstream>): Promise<Upstream> {
-  const u = await startUpstream(...args);
-  cleanups.push(() => u.close());
-  return u;
-}
-async function legate(yaml: string): Promise<InProcess> {
-  const l = await startApp(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`);
-  cleanups.push(() => l.stop());
-  return l;
-}
+const scope = testScope();
+const upstream = scope.upstream;
+const legate = (yaml: string): Promise<InProcess> => scope.app(`listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n${yaml}`);
 
 interface Echo {
   method: string;
