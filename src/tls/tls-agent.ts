@@ -108,8 +108,9 @@ export class TlsAgent extends https.Agent {
     return socket;
   }
 
-  #instrument(socket: TLSSocket): void {
-    const facts: TlsFacts = {
+  /** What a connection of this identity knows before anything happened on it. */
+  #freshFacts(): TlsFacts {
+    return {
       ...this.#base,
       handshakeDone: false,
       secureConnected: false,
@@ -118,6 +119,10 @@ export class TlsAgent extends https.Agent {
       protocol: undefined,
       peer: undefined,
     };
+  }
+
+  #instrument(socket: TLSSocket): void {
+    const facts = this.#freshFacts();
     this.#facts.set(socket, facts);
     const noteRequested = (): void => {
       if (facts.clientCertRequested !== undefined) return;
@@ -158,15 +163,7 @@ export class TlsAgent extends https.Agent {
       const facts = socket === null ? undefined : this.#facts.get(socket);
       attachTlsFacts(
         err,
-        facts ?? {
-          ...this.#base,
-          handshakeDone: false,
-          secureConnected: false,
-          clientCertRequested: undefined,
-          exchanges: 0,
-          protocol: undefined,
-          peer: undefined,
-        },
+        facts ?? this.#freshFacts(),
       );
     });
     (https.Agent.prototype as unknown as { addRequest: AddRequest }).addRequest.call(this, req, options);
