@@ -9,6 +9,7 @@
  * app gone, deadline, or a failure while the body streams. A waiting request
  * leaves the queue when the app hangs up or its deadline passes.
  */
+import type { AbortLike } from '../proxy/abort.js';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { LegateError } from '../errors.js';
@@ -64,7 +65,7 @@ export class ConcurrencyLimiter {
    * with the signal's reason when it aborts, and with `504 upstream-timeout`
    * when `waitMs` passes first.
    */
-  acquire(signal: AbortSignal, waitMs: number, route: string): Promise<Release> {
+  acquire(signal: AbortLike, waitMs: number, route: string): Promise<Release> {
     const now = this.tryAcquire();
     if (now !== undefined) return Promise.resolve(now);
     if (this.#queue.size >= this.maxPending) {

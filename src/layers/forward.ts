@@ -19,6 +19,7 @@ import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders } from 'node:h
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { classifyUpstreamFailure, isLegateError, LegateError, UpstreamError, type LegateError as LE } from '../errors.js';
+import type { AbortLike } from '../proxy/abort.js';
 import { AppRequestError } from '../proxy/respond.js';
 import type { Handler, ProxyRequest, TryRecord, UpstreamResponse } from '../proxy/types.js';
 import type { Endpoint } from '../runtime/route-runtime.js';
@@ -50,7 +51,7 @@ export interface Forwarder {
 /** Aborts a try from the outside (per-try deadline); the reason becomes the try's error. */
 export const TRY_SIGNAL = Symbol('legate.trySignal');
 export interface TrySignalCarrier {
-  [TRY_SIGNAL]?: AbortSignal;
+  [TRY_SIGNAL]?: AbortLike;
 }
 
 /**

@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import pRetry from 'p-retry';
 import type { RouteSettings } from '../config/model.js';
 import { isLegateError, UpstreamError } from '../errors.js';
+import { asAbortSignal, RequestAbort } from '../proxy/abort.js';
 import { bufferForReplay } from '../proxy/body.js';
 import type { RequestContext } from '../proxy/context.js';
 import type { Handler, Layer, ProxyRequest, UpstreamResponse } from '../proxy/types.js';
@@ -97,8 +98,8 @@ async function tryOnce(next: Handler, req: ProxyRequest, retryStatuses: boolean)
   const perTry = req.policy.perTryTimeoutMs;
   let timer: NodeJS.Timeout | undefined;
   if (perTry > 0) {
-    const controller = new AbortController();
-    (req as ProxyRequest & TrySignalCarrier)[TRY_SIGNAL] = controller.signal;
+    const controller = new RequestAbort();
+    (req as ProxyRequest & TrySignalCarrier)[TRY_SIGNAL] = controller;
     timer = setTimeout(() => {
       controller.abort(new UpstreamError('upstream-timeout', req.endpoint?.key ?? '', `no response head within the per-try timeout of ${perTry} ms`));
     }, perTry);
@@ -147,7 +148,7 @@ async function decideRetry(req: ProxyRequest, opts: RetryLayerOptions, budget: R
   }
   if (wait > 0) {
     try {
-      await sleep(wait, undefined, { signal: req.signal });
+      await sleep(wait, undefined, { signal: asAbortSignal(req.signal) });
     } catch (e) {
       // Abandoned during the back-off (deadline, app gone): the response held for the app goes too.
       if (error instanceof RetryableResponse) error.response.body.destroy();
@@ -195,7 +196,7 @@ export function createRetryLayer(opts: RetryLayerOptions): Layer {
         retries: retries - 1,
         minTimeout: 0,
         factor: 1,
-        signal: req.signal,
+        signal: asAbortSignal(req.signal),
         shouldRetry: ({ error, retriesConsumed }) => decideRetry(req, opts, budget, error, retriesConsumed + 1),
       });
     } catch (e) {

@@ -7,6 +7,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
 import { LegateError } from '../errors.js';
+import type { AbortLike } from './abort.js';
 import type { RequestBody } from './types.js';
 
 /** A body held in memory: every `open()` is a fresh stream of the same bytes. */
@@ -46,7 +47,7 @@ function prefixedBody(prefix: readonly Buffer[], rest: IncomingMessage): Request
  * body the tries should use; streams (unreplayable) past the limit. Rejects
  * when `signal` aborts (deadline, app gone) while reading.
  */
-export async function bufferForReplay(raw: IncomingMessage, current: RequestBody, limit: number, signal: AbortSignal): Promise<RequestBody> {
+export async function bufferForReplay(raw: IncomingMessage, current: RequestBody, limit: number, signal: AbortLike): Promise<RequestBody> {
   if (current.length === 0 || current.consumed) return current;
   if (current.length !== undefined && current.length > limit) return current;
   const chunks: Buffer[] = [];

@@ -7,6 +7,7 @@ import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerR
 import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import type { RouteRuntime } from '../runtime/route-runtime.js';
+import { RequestAbort, type AbortLike } from './abort.js';
 import type { ProxyRequest, RequestBody, RequestPolicy, TryRecord } from './types.js';
 import type { Endpoint } from '../runtime/route-runtime.js';
 
@@ -74,7 +75,7 @@ export class RequestContext implements ProxyRequest {
   /** Set when a retry was wanted but the route's retry budget was spent. */
   budgetExhausted = false;
 
-  readonly #controller = new AbortController();
+  readonly #abort = new RequestAbort();
   #timers: NodeJS.Timeout[] = [];
 
   constructor(init: ContextInit) {
@@ -101,12 +102,12 @@ export class RequestContext implements ProxyRequest {
     this.body = streamedBody(init.raw);
   }
 
-  get signal(): AbortSignal {
-    return this.#controller.signal;
+  get signal(): AbortLike {
+    return this.#abort;
   }
 
   abort(reason: Error): void {
-    if (!this.#controller.signal.aborted) this.#controller.abort(reason);
+    this.#abort.abort(reason);
   }
 
   /** Runs `fn` after `ms` unless the request finished first; cleared by `finish()`. */

@@ -8,6 +8,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { OptOut } from '../config/schema.js';
+import type { AbortLike } from './abort.js';
 import type { Endpoint, RouteRuntime } from '../runtime/route-runtime.js';
 
 /** Effective per-request policy: the route's, adjusted by control headers. */
@@ -80,7 +81,7 @@ export interface ProxyRequest {
   policy: RequestPolicy;
   body: RequestBody;
   /** Aborted when the app goes away or the whole-request deadline passes. */
-  readonly signal: AbortSignal;
+  readonly signal: AbortLike;
   /** Absolute deadline on the `performance.now()` clock; Infinity for none. */
   deadline: number;
   readonly startedAt: number;
