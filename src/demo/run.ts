@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
+import { readJsonLines } from './json-lines.js';
 import { createDemoPki } from './pki.js';
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
@@ -164,20 +165,7 @@ routes:
     children.push(child);
     let stderr = '';
     child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    let partial = '';
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-      partial += d;
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) !== -1) {
-        const line = partial.slice(0, nl);
-        partial = partial.slice(nl + 1);
-        try {
-          lines.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          // Not a log line.
-        }
-      }
-    });
+    if (child.stdout !== null) readJsonLines(child.stdout, (line) => line !== undefined && lines.push(line));
     await waitUntil(() => {
       if (child.exitCode !== null) throw new Error(`legate exited: ${stderr}`);
       return lines.some((l) => l.msg === 'legate started');

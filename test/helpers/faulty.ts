@@ -10,12 +10,12 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { IncomingHttpHeaders } from 'node:http';
 import net from 'node:net';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll } from 'vitest';
 import YAML from 'yaml';
 import { type CliProcess, startCli } from './legate.js';
-import { deadPort, startUpstream, type SeenRequest, type Upstream } from './upstream.js';
+import { deadPort, listenOnLoopback, startUpstream, type SeenRequest, type Upstream } from './upstream.js';
 
 /** What the upstream does with one request (after reading its whole body). */
 export type Fault =
@@ -142,9 +142,7 @@ export async function startResetter(): Promise<Resetter> {
     accepted++;
     socket.destroy();
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenOnLoopback(server);
   return {
     port,
     url: `http://127.0.0.1:${port}`,

@@ -10,6 +10,7 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { LegateApp } from '../../src/app.js';
+import { readJsonLines } from '../../src/demo/json-lines.js';
 import { formatIssue, loadConfigText } from '../../src/config/load.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -60,21 +61,12 @@ export async function startCli(yaml: string, opts: { configFile?: string; env?: 
   const lines: Array<Record<string, unknown>> = [];
   let out = '';
   let err = '';
-  let partial = '';
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-    partial += d;
-    let nl: number;
-    while ((nl = partial.indexOf('\n')) !== -1) {
-      const line = partial.slice(0, nl);
-      partial = partial.slice(nl + 1);
-      try {
-        lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        lines.push({ raw: line });
-      }
-    }
-  });
+  if (child.stdout !== null) {
+    readJsonLines(child.stdout, (line, raw) => {
+      out += `${raw}\n`;
+      lines.push(line ?? { raw });
+    });
+  }
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
     err += d;
   });

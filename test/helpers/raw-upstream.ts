@@ -8,7 +8,8 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { listenOnLoopback } from './upstream.js';
 
 /** What the upstream does once a request head (up to the blank line) arrived on a connection. */
 export type RawBehaviour = (socket: Socket, head: string) => void;
@@ -57,9 +58,7 @@ export async function startRawUpstream(behaviour: RawBehaviour | undefined, opts
       }
     });
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenOnLoopback(server);
   return {
     port,
     url: `http://127.0.0.1:${port}`,

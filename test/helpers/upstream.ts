@@ -4,7 +4,7 @@
 import http from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { once } from 'node:events';
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 
 export interface SeenRequest {
   method: string;
@@ -52,9 +52,7 @@ export async function startUpstream(handler: UpstreamHandler = echo, opts: { str
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as AddressInfo).port;
+  const port = await listenOnLoopback(server);
   return {
     port,
     url: `http://127.0.0.1:${port}`,
@@ -66,6 +64,13 @@ export async function startUpstream(handler: UpstreamHandler = echo, opts: { str
       if (server.listening) await once(server, 'close');
     },
   };
+}
+
+/** Listens on 127.0.0.1 at a port the OS picks, and returns it. */
+export async function listenOnLoopback(server: NetServer): Promise<number> {
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return (server.address() as AddressInfo).port;
 }
 
 /** A port that nothing listens on (bound then released). */
