@@ -23,7 +23,8 @@ import type {
   TlsSettings,
   UpstreamSettings,
 } from './model.js';
-import { Defaults, type DefaultsInput, type RouteInput, type RoutesFileInput, type TlsInput } from './schema.js';
+import { routesFileSchema } from './generated/routes-validator.js';
+import type { DefaultsInput, RouteInput, RoutesFileInput, TlsInput } from './schema.js';
 import { parseDuration, parseSize, formatDuration } from './units.js';
 import { NO_SOURCE, formatIssue, formatPath, sortIssues, type ConfigIssue, type PathSegment, type SourceLocator } from './validate.js';
 
@@ -118,7 +119,7 @@ type MergedPolicy = RoutePolicyDefaults & Pick<DefaultsInput, 'tls' | 'rateLimit
 type TlsField = 'ca' | 'cert' | 'key';
 
 /** The policy keys a route shares with `defaults:`, from the schema so they cannot drift. */
-const POLICY_KEYS = Object.keys(Defaults.properties);
+const POLICY_KEYS = Object.keys(routesFileSchema.properties.defaults.properties);
 
 /**
  * Builds the runtime config from schema-valid input. Never throws for bad

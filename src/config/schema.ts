@@ -1,7 +1,12 @@
 /**
  * The one source of truth for routes.yaml: the TypeScript input types
  * (`Static<...>`), the JSON Schema shipped in `schema/routes.schema.json`
- * and the validation (Ajv compiles this very object) all come from here.
+ * and the validation (Ajv compiles this very object, at build time, into
+ * `generated/routes-validator.ts`) all come from here.
+ *
+ * Outside tests, only `write-schema.ts` imports values from this module: the
+ * proxy imports its types alone, so that TypeBox never loads (and costs
+ * memory) there; a test walks the proxy's imports to keep it so.
  *
  * `x-expect` is a legate annotation read by the error formatter: it is the
  * human phrase for what a value must be ("a duration such as 250ms").

@@ -2,14 +2,17 @@
  * routes.yaml text → checked data, or every problem at once as
  * `file:line:col key.path: message` issues.
  *
- * Ajv does the checking against the one schema in `schema.ts`; this file
- * turns its errors into something a person can act on: positions from the
- * YAML source, unions reported by the branch the user evidently meant, and
+ * Ajv does the checking against the one schema in `schema.ts`, with a
+ * validator it generated at build time (`generated/routes-validator.ts`), so
+ * that neither TypeBox nor Ajv's compiler loads in the proxy. This file turns
+ * its errors into something a person can act on: positions from the YAML
+ * source, unions reported by the branch the user evidently meant, and
  * `x-expect` phrases instead of raw regular expressions.
  */
-import { Ajv, type ErrorObject } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import { LineCounter, isAlias, isMap, isPair, isScalar, isSeq, parseDocument, type Document, type Node } from 'yaml';
-import { RoutesFile, type RoutesFileInput } from './schema.js';
+import { routesFileSchema, validateRoutesFile } from './generated/routes-validator.js';
+import type { RoutesFileInput } from './schema.js';
 
 /** One problem in a config file, positioned at the offending value (or key). */
 export interface ConfigIssue {
@@ -251,10 +254,6 @@ function pathAt(doc: Document, offset: number): PathSegment[] | null {
 // ---------------------------------------------------------------------------
 // Ajv
 
-const ajv = new Ajv({ allErrors: true, verbose: true, strict: true });
-ajv.addKeyword({ keyword: 'x-expect', schemaType: 'string' });
-const validateRoutesFile = ajv.compile<RoutesFileInput>(RoutesFile);
-
 /** The result of checking parsed data against the schema. */
 export type ValidateResult =
   | { readonly ok: true; readonly value: RoutesFileInput }
@@ -406,7 +405,7 @@ function pointerToPath(pointer: string): PathSegment[] {
  */
 function expectPhraseAt(schemaPath: string): string | undefined {
   const segs = schemaPath.replace(/^#\/?/, '').split('/').filter((s) => s !== '').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
-  let node: unknown = RoutesFile;
+  let node: unknown = routesFileSchema;
   let phrase = xExpect(node);
   for (let i = 0; i < segs.length; i++) {
     const seg = segs[i] ?? '';
