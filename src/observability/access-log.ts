@@ -9,9 +9,13 @@ import pino from 'pino';
 import type { RequestContext } from '../proxy/context.js';
 import type { TryRecord } from '../proxy/types.js';
 import type { EarlyOutcome } from '../server/proxy-listener.js';
+import { accessJson, frameOf } from './access-json.js';
 import { endDestination, loggerOptions, streamOf, type Logger } from './logger.js';
 
-/** The fields of an access line, beside pino's `level`, `time` and `msg`. */
+/**
+ * The fields of an access line, beside pino's `level`, `time` and `msg`, in
+ * the order they are written (`accessLine()` builds them in this order).
+ */
 export interface AccessLine {
   readonly requestId: string;
   readonly method: string;
@@ -195,11 +199,7 @@ export function createAccessLog(logger: Logger, destination = 'stdout'): AccessL
   const options = loggerOptions(logger.level === 'silent' ? 'silent' : 'info', { redact: false });
   if (destination === 'stdout') {
     // Same stream as the lifecycle lines, so the two stay in order.
-    const access = pino(options, streamOf(logger));
-    return {
-      write: (line) => access.info(line, ACCESS_MESSAGE),
-      close: () => Promise.resolve(),
-    };
+    return { write: lineWriter(pino(options, streamOf(logger))), close: () => Promise.resolve() };
   }
   // Lines are gathered into writes of at least 8 KiB (one write per ~20 lines instead of one each; below
   // sonic-boom's 16 KiB maxWrite), and flushed every 250 ms so a quiet period still reaches the file.
@@ -215,9 +215,28 @@ export function createAccessLog(logger: Logger, destination = 'stdout'): AccessL
   stream.once('close', () => clearInterval(flusher));
   // An unwritable file must cost access lines, not the process.
   stream.on('error', (e: Error) => logger.error({ err: e.message, accessLog: destination }, 'access log write failed'));
-  const access = pino(options, stream);
-  return {
-    write: (line) => access.info(line, ACCESS_MESSAGE),
-    close: () => endDestination(stream),
+  return { write: lineWriter(pino(options, stream)), close: () => endDestination(stream) };
+}
+
+/**
+ * Writes lines as `access.info(line, ACCESS_MESSAGE)` would, to the same
+ * stream, but framed once (access-json.ts) instead of walked by pino per line.
+ */
+export function lineWriter(access: Logger): (line: AccessLine) => void {
+  if (!access.isLevelEnabled('info')) return () => undefined;
+  const frame = frameOf(access, ACCESS_MESSAGE);
+  const viaPino = (line: AccessLine): void => access.info(line, ACCESS_MESSAGE);
+  if (frame === undefined) return viaPino;
+  const stream = frame.stream;
+  return (line) => {
+    let json: string;
+    try {
+      json = accessJson(frame, line);
+    } catch {
+      // A value JSON.stringify cannot write: pino's own fallback serialiser can.
+      viaPino(line);
+      return;
+    }
+    stream.write(json);
   };
 }

@@ -34,12 +34,17 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
+// These tests never forward; a connection pool of any kind would only need closing.
+const noAgent = (): never => {
+  throw new Error('no upstream connections in this test');
+};
+
 function route(yamlRoute = 'name: api\n    match: { pathPrefix: /api }\n    upstream: http://10.0.0.7:8080\n    optOut: [log, retry]'): RouteRuntime {
   const loaded = loadConfigText(`routes:\n  - ${yamlRoute}\n`, '/tmp/routes.yaml');
   if (!loaded.ok) throw new Error(JSON.stringify(loaded.issues));
   const settings = loaded.config.routes[0];
   if (settings === undefined) throw new Error('no route');
-  const endpoints = settings.upstream.endpoints.map((e) => createEndpoint(e, () => new http.Agent()));
+  const endpoints = settings.upstream.endpoints.map((e) => createEndpoint(e, noAgent));
   return new RouteRuntime(settings, endpoints, new LayerState());
 }
 

@@ -3,7 +3,7 @@
  * strict exposition parser: names, types, label sets, values, and the
  * scrape-time sources (active requests, certificates, breaker state).
  */
-import http, { IncomingMessage, ServerResponse } from 'node:http';
+import { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import pino from 'pino';
 import { register as globalRegistry } from 'prom-client';
@@ -21,6 +21,11 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()?.();
 });
 
+// These tests never forward; a connection pool of any kind would only need closing.
+const noAgent = (): never => {
+  throw new Error('no upstream connections in this test');
+};
+
 function routes(yaml: string): RouteRuntime[] {
   const loaded = loadConfigText(yaml, '/tmp/routes.yaml');
   if (!loaded.ok) throw new Error(JSON.stringify(loaded.issues));
@@ -28,7 +33,7 @@ function routes(yaml: string): RouteRuntime[] {
     (s) =>
       new RouteRuntime(
         s,
-        s.upstream.endpoints.map((e) => createEndpoint(e, () => new http.Agent())),
+        s.upstream.endpoints.map((e) => createEndpoint(e, noAgent)),
         new LayerState(),
       ),
   );
