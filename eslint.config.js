@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
   // src/config/generated/: Ajv's code, checked against the schema by a test instead.
-  { ignores: ['dist/', 'node_modules/', 'coverage/', 'bench/results/', 'src/config/generated/'] },
+  { ignores: ['dist/', 'node_modules/', 'coverage/', 'bench/results/', 'src/config/generated/', '.scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

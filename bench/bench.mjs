@@ -41,7 +41,8 @@
  *   BENCH_KEEP_TMP=1         keep the temp dir (configs, logs, certs) for a post-mortem
  *   BENCH_ONLY=a,b           only these targets (plus direct, always)
  *   BENCH_CANDIDATE=FILE     also measure another build's dist/cli.js (full chain): A/B in one run;
- *                            NAME=FILE,NAME=FILE for several (targets candidate-NAME)
+ *                            NAME=FILE,NAME=FILE for several (targets candidate-NAME); FILE may be
+ *                            followed by Node flags for that candidate alone ("NAME=FILE --flag")
  *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4)
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
  *   BENCH_REDO_BUDGET=12     throughput runs disturbed by other work (>25% of the proxy's core) are re-run, this many at most
@@ -120,11 +121,14 @@ const TARGET_DEFS = [
 
 // A/B in one run: BENCH_CANDIDATE=/path/to/other/dist/cli.js adds that build's full chain as one more
 // target, `candidate-full`; several as NAME=PATH,NAME=PATH add `candidate-NAME` each.
+// A path may be followed by Node flags for that candidate alone: `semi2=dist/cli.js --max-semi-space-size=2`.
 for (const [i, entry] of (env.BENCH_CANDIDATE ?? '').split(',').filter(Boolean).entries()) {
   const eq = entry.indexOf('=');
   const name = eq === -1 ? (i === 0 ? 'full' : String(i + 1)) : entry.slice(0, eq);
-  const file = path.resolve(eq === -1 ? entry : entry.slice(eq + 1));
-  TARGET_DEFS.push({ id: `candidate-${name}`, kind: 'legate', config: 'full', cli: file, label: `candidate ${name} (${file}), full chain` });
+  const [where = '', ...nodeArgs] = (eq === -1 ? entry : entry.slice(eq + 1)).trim().split(/\s+/);
+  const file = path.resolve(where);
+  const flags = nodeArgs.length === 0 ? '' : ` ${nodeArgs.join(' ')}`;
+  TARGET_DEFS.push({ id: `candidate-${name}`, kind: 'legate', config: 'full', cli: file, nodeArgs, label: `candidate ${name} (${file}${flags}), full chain` });
 }
 
 const only = env.BENCH_ONLY?.split(',').map((s) => s.trim()).filter(Boolean);
@@ -329,7 +333,7 @@ async function startTarget(def, ctx) {
     return t;
   }
   // legate
-  const p = await startLegate(def.id, def.config, ctx, t.port, [], def.cli);
+  const p = await startLegate(def.id, def.config, ctx, t.port, def.nodeArgs ?? [], def.cli);
   t.procs.push(p.proc);
   t.admin = p.admin;
   t.accessLog = p.accessLog;

@@ -104,6 +104,20 @@ export function toLegateError(e: unknown): LegateError {
 
 const CONNECT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
 
+/** undici's connect timer (TCP connect or TLS handshake too slow): a connect failure, as Envoy counts it. */
+const CONNECT_TIMEOUT = 'UND_ERR_CONNECT_TIMEOUT';
+
+/**
+ * What undici says about a response it could not take: a malformed or
+ * oversized head, a body shorter or longer than announced. The upstream
+ * answered, but nothing usable can be relayed.
+ */
+const BAD_RESPONSE = new Map([
+  ['UND_ERR_HEADERS_OVERFLOW', 'a response head larger than 16 KiB'],
+  ['UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'a body that does not match its Content-Length'],
+  ['UND_ERR_RES_EXCEEDED_MAX_SIZE', 'a response larger than allowed'],
+]);
+
 /** Prefixes of TLS failure reasons: the first words of every message say which kind it is. */
 const UNKNOWN_CA = 'unknown CA: the server certificate is not signed by a trusted CA';
 const CLIENT_CERT_REFUSED = 'client certificate refused';
@@ -149,8 +163,11 @@ const TLS_REASONS: Readonly<Record<string, string>> = {
   ERR_SSL_HTTP_REQUEST: 'the server did not answer in TLS (is it a plain-HTTP port?)',
 };
 
-/** A reset of the request on its connection: what a server that closes without an alert produces. */
-const RESET_CODES = new Set(['ECONNRESET', 'EPIPE']);
+/**
+ * A reset of the request on its connection: what a server that closes without
+ * an alert produces (undici's "other side closed" is `UND_ERR_SOCKET`).
+ */
+const RESET_CODES = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET']);
 
 function presented(facts: TlsFacts): string {
   return facts.clientSubject === undefined ? 'no client certificate is configured' : `presented ${facts.clientSubject}`;
@@ -194,6 +211,9 @@ export function classifyUpstreamFailure(err: unknown, endpoint: string, serverNa
   const tlsFailure = (detail: string) =>
     new UpstreamError('upstream-tls-failure', endpoint, `TLS handshake with ${endpoint} failed: ${detail}`, err);
 
+  if (code === CONNECT_TIMEOUT) {
+    return new UpstreamError('upstream-connect-failure', endpoint, `could not connect to ${endpoint} (connect timed out)`, err);
+  }
   if (CONNECT_CODES.has(code)) {
     const what = code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'could not resolve' : 'could not connect to';
     return new UpstreamError('upstream-connect-failure', endpoint, `${what} ${endpoint} (${code})`, err);
@@ -221,10 +241,12 @@ export function classifyUpstreamFailure(err: unknown, endpoint: string, serverNa
     }
     if (!facts.handshakeDone) return tlsFailure(`the server closed the connection during the TLS handshake (${code || 'reset'})`);
   }
+  const bad = BAD_RESPONSE.get(code) ?? (code.startsWith('HPE_') ? `a response that is not valid HTTP/1.1 (${code}: ${e.message})` : undefined);
+  if (bad !== undefined) return new UpstreamError('upstream-reset', endpoint, `${endpoint} sent ${bad}`, err);
   return new UpstreamError(
     'upstream-reset',
     endpoint,
-    `connection to ${endpoint} dropped before a complete response (${code || e?.message || 'reset'})`,
+    `connection to ${endpoint} dropped before a complete response (${code === 'UND_ERR_SOCKET' ? e.message : code || e?.message || 'reset'})`,
     err,
   );
 }

@@ -11,7 +11,6 @@
  */
 import type { AbortLike } from '../proxy/abort.js';
 import { performance } from 'node:perf_hooks';
-import type { Readable } from 'node:stream';
 import { LegateError } from '../errors.js';
 import type { Handler, Layer, UpstreamResponse } from '../proxy/types.js';
 import type { MarkedRequest } from './rate-limit.js';
@@ -129,15 +128,6 @@ export class ConcurrencyLimiter {
   }
 }
 
-/** Calls `release` once the body stream is done: ended, failed or destroyed. */
-function releaseWhenClosed(body: Readable, release: Release): void {
-  if (body.closed || body.destroyed) {
-    release();
-    return;
-  }
-  body.once('close', release);
-}
-
 /** The concurrency limit layer. Placed above the deadline layer, so it reads the deadline from the policy. */
 export function createConcurrencyLimitLayer(): Layer {
   return (next) => (req) => {
@@ -172,6 +162,7 @@ async function withSlot(limiter: ConcurrencyLimiter, req: MarkedRequest, next: H
     release();
     throw e;
   }
-  releaseWhenClosed(response.body, release);
+  // The slot is held until the body is done: ended, failed or cut.
+  response.body.onSettled(release);
   return response;
 }

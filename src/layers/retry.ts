@@ -84,7 +84,7 @@ function mayResend(req: ProxyRequest, settings: RouteSettings): boolean {
 function discard(response: UpstreamResponse): void {
   const length = Number(response.headers['content-length'] ?? NaN);
   // Reading a small body keeps the keep-alive connection; a large or unknown one is cheaper to drop.
-  if (length <= DRAIN_LIMIT) response.body.resume();
+  if (length <= DRAIN_LIMIT) response.body.drain();
   else response.body.destroy();
 }
 

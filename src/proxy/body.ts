@@ -5,7 +5,7 @@
  * (linkerd2-proxy's rule: give up on retrying, never on the request).
  */
 import type { IncomingMessage } from 'node:http';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { LegateError } from '../errors.js';
 import type { AbortLike } from './abort.js';
 import type { RequestBody } from './types.js';
@@ -20,7 +20,11 @@ export function bufferedBody(chunks: readonly Buffer[], length: number): Request
   };
 }
 
-/** Already-read chunks, then the rest of the app's stream: sendable once. */
+/**
+ * Already-read chunks, then the rest of the app's stream: sendable once. A
+ * stream of its own, fed by the app's: a try that fails destroys what it
+ * sends, and the app's request must outlive that (legate still answers it).
+ */
 function prefixedBody(prefix: readonly Buffer[], rest: IncomingMessage): RequestBody {
   let opened = false;
   return {
@@ -31,13 +35,9 @@ function prefixedBody(prefix: readonly Buffer[], rest: IncomingMessage): Request
     length: undefined,
     open() {
       opened = true;
-      return Readable.from(
-        (async function* () {
-          yield* prefix;
-          for await (const chunk of rest) yield chunk as Buffer;
-        })(),
-        { objectMode: false },
-      );
+      const out = new PassThrough();
+      for (const chunk of prefix) out.write(chunk);
+      return rest.pipe(out);
     },
   };
 }

@@ -6,7 +6,7 @@
  * `LegateError`, and `respond.ts` alone writes to the app.
  */
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { OptOut } from '../config/schema.js';
 import type { AbortLike } from './abort.js';
 import type { Endpoint, RouteRuntime } from '../runtime/route-runtime.js';
@@ -92,12 +92,33 @@ export interface ProxyRequest {
   abort(reason: Error): void;
 }
 
+/**
+ * An upstream response body, held (its connection not read) until one
+ * consumer says what to do with it: stream it to the app, drop it, or cut it.
+ * Not a Readable: the forwarder hands each chunk straight to the app's
+ * response, with the app's backpressure, and builds no stream per try.
+ */
+export interface UpstreamBody {
+  /**
+   * Writes the body to `dest`, ends `dest` after the last byte, and calls
+   * `done` once: with no argument when every byte was handed to `dest`, with
+   * the error when the body failed (`dest` is then left as it is).
+   */
+  pipeTo(dest: Writable, done: (err?: Error) => void): void;
+  /** Reads the rest and throws it away (keeps the connection for the next request). */
+  drain(): void;
+  /** Stops the exchange now: its connection closes. */
+  destroy(reason?: Error): void;
+  /** Calls `fn` once, when the body has ended, failed or been destroyed (at once if it has). */
+  onSettled(fn: () => void): void;
+}
+
 export interface UpstreamResponse {
   readonly status: number;
   readonly statusMessage: string | undefined;
   readonly headers: IncomingHttpHeaders;
-  /** The upstream response body; the consumer must read or destroy it. */
-  readonly body: IncomingMessage;
+  /** The upstream response body; the consumer must pipe, drain or destroy it. */
+  readonly body: UpstreamBody;
   readonly endpoint: Endpoint;
   /** ms from the start of the try that produced this response to its head. */
   readonly upstreamMs: number;

@@ -3,37 +3,19 @@
  * and TLS settings), shared by every config generation that uses them so a
  * reload does not drop warm connections. A pool no generation uses any more is
  * retired: idle sockets close now, busy ones close when their exchange ends.
+ *
+ * A pool is an `UpstreamPool` (upstream-pool.ts): connections per origin
+ * under one set of connection settings. Most identities only ever see one
+ * origin; a route with DNS discovery sends every address it found through
+ * its one identity.
  */
-import http from 'node:http';
-import type { Agent } from 'node:http';
 import type { EndpointSettings } from '../config/model.js';
+import { UpstreamPool } from './upstream-pool.js';
 
-/** Builds the agent for an endpoint; the TLS layer provides one for https. */
-export type AgentFactory = (endpoint: EndpointSettings) => Agent;
+/** Builds the pool for an endpoint; the TLS layer provides one for https. */
+export type AgentFactory = (endpoint: EndpointSettings) => UpstreamPool;
 
-/** Idle keep-alive sockets close after this (Node also honours `Keep-Alive: timeout=` hints). */
-export const IDLE_SOCKET_MS = 30_000;
-
-/** How every upstream pool, http or https, keeps its connections. */
-export const POOL_OPTIONS = Object.freeze({
-  keepAlive: true,
-  keepAliveMsecs: 1_000,
-  maxSockets: Infinity,
-  maxFreeSockets: 1_024,
-  // The most recently used socket is the least likely to have been closed by the upstream.
-  scheduling: 'lifo',
-  timeout: IDLE_SOCKET_MS,
-} as const);
-
-export const httpAgentFactory: AgentFactory = () => new http.Agent(POOL_OPTIONS);
-
-/** Closes idle sockets now and every busy one as soon as its exchange ends. */
-export function retireAgent(agent: Agent): void {
-  agent.keepSocketAlive = () => false;
-  for (const sockets of Object.values(agent.freeSockets)) {
-    for (const socket of sockets ?? []) socket.destroy();
-  }
-}
+export const httpAgentFactory: AgentFactory = () => new UpstreamPool();
 
 export function identityOf(endpoint: EndpointSettings): string {
   const tls = endpoint.tls === undefined ? '' : JSON.stringify(endpoint.tls);
@@ -41,7 +23,7 @@ export function identityOf(endpoint: EndpointSettings): string {
 }
 
 export class AgentPool {
-  readonly #agents = new Map<string, Agent>();
+  readonly #agents = new Map<string, UpstreamPool>();
   readonly #factories: { http: AgentFactory; https: AgentFactory };
 
   constructor(factories: { http: AgentFactory; https: AgentFactory }) {
@@ -50,7 +32,7 @@ export class AgentPool {
 
   /** The pool for this endpoint's identity, created on first use. */
   /** `id` may be passed by callers that computed it once (it is on every try's path). */
-  get(endpoint: EndpointSettings, id = identityOf(endpoint)): Agent {
+  get(endpoint: EndpointSettings, id = identityOf(endpoint)): UpstreamPool {
     let agent = this.#agents.get(id);
     if (agent === undefined) {
       const factory = endpoint.url.protocol === 'https:' ? this.#factories.https : this.#factories.http;
@@ -65,16 +47,16 @@ export class AgentPool {
     for (const [id, agent] of this.#agents) {
       if (!inUse.has(id)) {
         this.#agents.delete(id);
-        retireAgent(agent);
+        agent.close();
       }
     }
   }
 
   /** Replaces the pool of one identity (certificate rotation), retiring the old one. */
-  replace(id: string, agent: Agent): void {
+  replace(id: string, agent: UpstreamPool): void {
     const old = this.#agents.get(id);
     this.#agents.set(id, agent);
-    if (old !== undefined && old !== agent) retireAgent(old);
+    if (old !== undefined && old !== agent) old.close();
   }
 
   /** Closes every socket, for shutdown. */

@@ -14,7 +14,7 @@
  * last good set and says so in the log.
  */
 import { Resolver } from 'node:dns/promises';
-import type { Agent } from 'node:http';
+import type { UpstreamPool } from './upstream-pool.js';
 import { isIP } from 'node:net';
 import pino from 'pino';
 import type { DiscoverySettings, EndpointSettings, HostPort } from '../config/model.js';
@@ -56,7 +56,7 @@ export interface DiscoveryOptions {
   /** The endpoint as configured (the route's URL, weight and tls); its URL's host is what `dns` resolves. */
   readonly endpoint: EndpointSettings;
   /** The connection pool of every discovered endpoint (pools keep one set of sockets per address). */
-  readonly agent: () => Agent;
+  readonly agent: () => UpstreamPool;
   readonly logger?: Logger;
   /** Addresses to start with (the last good set of the discovery this one replaces), so a reload leaves no gap. */
   readonly seed?: readonly DiscoveredAddress[];
@@ -102,7 +102,7 @@ export class RouteDiscovery {
   readonly settings: DiscoverySettings;
   readonly stats: DiscoveryStats = { lookups: 0, failures: 0, endpointsAdded: 0, endpointsRemoved: 0 };
   readonly #endpoint: EndpointSettings;
-  readonly #agent: () => Agent;
+  readonly #agent: () => UpstreamPool;
   readonly #logger: Logger;
   readonly #resolver: Resolver;
   readonly #minRefreshMs: number;

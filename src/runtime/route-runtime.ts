@@ -3,7 +3,7 @@
  * with their connection pools, the composed chain, and the state (breakers,
  * retry budget, limiters) that outlives a reload when the policy is unchanged.
  */
-import type { Agent } from 'node:http';
+import type { UpstreamPool } from './upstream-pool.js';
 import type { EndpointSettings, RouteSettings } from '../config/model.js';
 import type { Handler } from '../proxy/types.js';
 import { compileMatch, type RoutePredicate } from '../routing/router.js';
@@ -19,9 +19,11 @@ export interface Endpoint {
   readonly basePath: string;
   /** What `Host` says upstream: host, plus the port when it is not the scheme's default. */
   readonly authority: string;
+  /** `scheme://host:port` the pool connects to (the address, for a discovered endpoint). */
+  readonly origin: string;
   readonly weight: number;
   /** Connection pool; looked up on each try so a rotated TLS identity takes effect. */
-  agent(): Agent;
+  agent(): UpstreamPool;
   /** Per-endpoint state owned by layers (e.g. its circuit breaker). */
   readonly state: LayerState;
 }
@@ -50,7 +52,7 @@ export class LayerState {
   }
 }
 
-export function createEndpoint(settings: EndpointSettings, agent: () => Agent, state = new LayerState()): Endpoint {
+export function createEndpoint(settings: EndpointSettings, agent: () => UpstreamPool, state = new LayerState()): Endpoint {
   const url = settings.url;
   const protocol = url.protocol === 'https:' ? 'https:' : 'http:';
   const defaultPort = protocol === 'https:' ? 443 : 80;
@@ -64,6 +66,7 @@ export function createEndpoint(settings: EndpointSettings, agent: () => Agent, s
     port,
     basePath,
     authority: url.host,
+    origin: `${protocol}//${url.host}`,
     weight: settings.weight,
     agent,
     state,

@@ -18,7 +18,6 @@ import { performance } from 'node:perf_hooks';
 import type { HostPort, ServerLimits } from '../config/model.js';
 import { LegateError, toLegateError } from '../errors.js';
 import { CountingIncomingMessage, CountingServerResponse } from '../observability/access-log.js';
-import { appBodyStalled } from '../layers/forward.js';
 import { RequestContext } from '../proxy/context.js';
 import { appRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
 import { AppRequestError, sendError, sendUpstreamResponse } from '../proxy/respond.js';
@@ -126,11 +125,21 @@ function headerShapeError(raw: readonly string[]): AppRequestError | undefined {
 }
 
 /**
+ * True while the app's request body is unfinished and nothing of it waits to be
+ * sent: a silence on the upstream connection then is the app's, not the
+ * upstream's (which is waiting for the rest of the body, as servers do).
+ */
+export function appBodyStalled(raw: IncomingMessage): boolean {
+  return !raw.complete && raw.readableLength === 0;
+}
+
+/**
  * Cuts an app that goes silent mid-body for the route's `idleTimeout`
  * ("longest silence while a body streams either way"). Progress is the
  * socket's byte count; body data nobody has read yet also counts, since then
- * legate (or the upstream, through backpressure) is the slow side. The
- * forwarder's socket timer makes the same call while a try is sending.
+ * legate (or the upstream, through backpressure) is the slow side. This is
+ * the only judge of the app's pace: undici's head timer does not run while a
+ * try is still sending the body.
  * Returns the function that stops watching.
  */
 function watchAppBody(ctx: RequestContext): (() => void) | undefined {

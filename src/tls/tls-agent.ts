@@ -1,21 +1,18 @@
 /**
- * The keep-alive https pool of one TLS identity. Besides connecting with the
- * identity's SecureContext, SNI and hostname check, it records what each
- * connection went through (handshake finished? did the server ask for a
- * client certificate? first exchange or a reused socket?) and attaches that to
- * any error of a request it carries, for `classifyUpstreamFailure`.
+ * The keep-alive https pool of one TLS identity: an UpstreamPool whose dialer
+ * connects with the identity's SecureContext, SNI and hostname check, and
+ * records what each connection went through (handshake finished? did the
+ * server ask for a client certificate? first exchange or a reused socket?).
+ * Those facts ride on every error of the connection, for
+ * `classifyUpstreamFailure`.
  */
-import type { ClientRequest, RequestOptions } from 'node:http';
-import https from 'node:https';
 import { isIP } from 'node:net';
-import type { Duplex } from 'node:stream';
-import tls, { type PeerCertificate, type TLSSocket } from 'node:tls';
+import tls, { type ConnectionOptions, type PeerCertificate, type TLSSocket } from 'node:tls';
+import type { buildConnector } from 'undici';
 import type { TlsSettings } from '../config/model.js';
-import { POOL_OPTIONS } from '../runtime/agents.js';
+import { CONNECT_TIMEOUT_MS, UpstreamPool, undiciErrors } from '../runtime/upstream-pool.js';
 import type { TlsMaterial } from './material.js';
-import { attachTlsFacts, TLS_MATERIAL_ERROR_CODE, type PeerCertificateSummary, type TlsFacts } from './tls-facts.js';
-
-type AddRequest = (this: https.Agent, req: ClientRequest, options: RequestOptions) => void;
+import { attachTlsFacts, setSocketTlsFacts, TLS_MATERIAL_ERROR_CODE, type PeerCertificateSummary, type TlsFacts } from './tls-facts.js';
 
 /** Thrown to every request of an identity whose files were never usable. */
 export class TlsMaterialError extends Error {
@@ -60,29 +57,18 @@ export interface TlsAgentOptions {
   readonly material: TlsMaterial | { readonly problem: string };
 }
 
-/** A keep-alive https.Agent for one TLS identity that records, per connection, what TLS went through. */
-export class TlsAgent extends https.Agent {
-  /** Identity-wide facts; each connection gets a copy it fills in. */
+/** Dials the TLS connections of one identity and instruments each. */
+class TlsConnector {
   readonly #base: Pick<TlsFacts, 'caFile' | 'clientSubject' | 'expectedName' | 'minVersion'>;
   readonly #problem: string | undefined;
-  readonly #facts = new WeakMap<Duplex, TlsFacts>();
+  readonly #options: ConnectionOptions;
+  /** The last session the server gave us, offered on the next connection (resumption skips a full handshake). */
+  #session: Buffer | undefined;
 
   constructor(opts: TlsAgentOptions) {
     const { settings } = opts;
     const serverName = settings.serverName;
     const material = 'secureContext' in opts.material ? opts.material : undefined;
-    super({
-      ...POOL_OPTIONS,
-      // Agent options override request options, so nothing a caller passes can turn verification off.
-      rejectUnauthorized: true,
-      ...(material === undefined ? {} : { secureContext: material.secureContext }),
-      // RFC 6066 forbids an IP address as SNI; the name is then only used for the check below.
-      ...(serverName === undefined || isIP(serverName) !== 0 ? {} : { servername: serverName }),
-      // Checked against serverName, not the URL host, whatever name Node would pick.
-      ...(serverName === undefined
-        ? {}
-        : { checkServerIdentity: (_host: string, cert: PeerCertificate) => tls.checkServerIdentity(serverName, cert) }),
-    });
     this.#problem = 'problem' in opts.material ? opts.material.problem : undefined;
     this.#base = {
       caFile: settings.ca,
@@ -90,23 +76,58 @@ export class TlsAgent extends https.Agent {
       expectedName: serverName ?? opts.host,
       minVersion: settings.minVersion,
     };
+    const sni = serverName ?? opts.host;
+    this.#options = {
+      rejectUnauthorized: true,
+      ALPNProtocols: ['http/1.1'],
+      ...(material === undefined ? {} : { secureContext: material.secureContext }),
+      // RFC 6066 forbids an IP address as SNI; the name is then only used for the check below.
+      ...(isIP(sni) !== 0 ? {} : { servername: sni }),
+      // Checked against serverName, not the address dialled nor the Host header a request carries.
+      checkServerIdentity: (_host: string, cert: PeerCertificate) => tls.checkServerIdentity(sni, cert),
+    };
   }
 
-  /** Why this agent cannot connect, when its files were never usable. */
   get problem(): string | undefined {
     return this.#problem;
   }
 
-  override createConnection(options: RequestOptions, callback?: (err: Error | null, stream: Duplex) => void): Duplex | null | undefined {
+  readonly dial = (opts: buildConnector.Options, callback: buildConnector.Callback): TLSSocket | undefined => {
     if (this.#problem !== undefined) {
-      // Reported through the callback so the request fails with this reason, not with a thrown exception.
-      callback?.(new TlsMaterialError(this.#problem), undefined as unknown as Duplex);
+      // Never dialled: the files were never usable.
+      const err = new TlsMaterialError(this.#problem);
+      attachTlsFacts(err, this.#freshFacts());
+      callback(err, null);
       return undefined;
     }
-    const socket = super.createConnection(options, callback) as TLSSocket | null | undefined;
-    if (socket !== null && socket !== undefined) this.#instrument(socket);
+    const socket = tls.connect({
+      ...this.#options,
+      host: opts.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(opts.port) || 443,
+      ...(this.#session === undefined ? {} : { session: this.#session }),
+    });
+    const facts = this.#instrument(socket);
+    socket.setNoDelay(true);
+    socket.on('session', (session: Buffer) => {
+      this.#session = session;
+    });
+    const timer = setTimeout(() => {
+      socket.destroy(new undiciErrors.ConnectTimeoutError(`TLS connection not set up within ${CONNECT_TIMEOUT_MS} ms`));
+    }, CONNECT_TIMEOUT_MS);
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      attachTlsFacts(err, facts);
+      callback(err, null);
+    };
+    socket.once('error', onError);
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      socket.setKeepAlive(true, 60_000);
+      callback(null, socket);
+    });
     return socket;
-  }
+  };
 
   /** What a connection of this identity knows before anything happened on it. */
   #freshFacts(): TlsFacts {
@@ -121,9 +142,9 @@ export class TlsAgent extends https.Agent {
     };
   }
 
-  #instrument(socket: TLSSocket): void {
+  #instrument(socket: TLSSocket): TlsFacts {
     const facts = this.#freshFacts();
-    this.#facts.set(socket, facts);
+    setSocketTlsFacts(socket, facts);
     const noteRequested = (): void => {
       if (facts.clientCertRequested !== undefined) return;
       const n = sharedSigalgsCount(socket);
@@ -144,28 +165,27 @@ export class TlsAgent extends https.Agent {
     // A server that refuses our certificate before finishing (TLS 1.2, Node servers) just closes:
     // read what it asked for before the handle goes away.
     socket.prependOnceListener('end', noteRequested);
-    socket.prependListener('error', noteRequested);
+    // Every error of the connection, undici's "other side closed" included, carries what it saw.
+    socket.prependListener('error', (err: Error) => {
+      noteRequested();
+      attachTlsFacts(err, facts);
+    });
+    return facts;
+  }
+}
+
+/** The keep-alive pool of one TLS identity (an UpstreamPool with an instrumented TLS dialer). */
+export class TlsAgent extends UpstreamPool {
+  readonly #problem: string | undefined;
+
+  constructor(opts: TlsAgentOptions) {
+    const connector = new TlsConnector(opts);
+    super(connector.dial);
+    this.#problem = connector.problem;
   }
 
-  /**
-   * Counts the exchanges of each socket and tags the request's errors with
-   * what its connection saw. `addRequest` is the one place where an agent
-   * meets the request; "socket hang up" errors are created on the request,
-   * not the socket, so tagging socket errors alone would miss them.
-   */
-  addRequest(req: ClientRequest, options: RequestOptions): void {
-    req.once('socket', (socket: Duplex) => {
-      const facts = this.#facts.get(socket);
-      if (facts !== undefined) facts.exchanges++;
-    });
-    req.prependListener('error', (err: Error) => {
-      const socket = req.socket as Duplex | null;
-      const facts = socket === null ? undefined : this.#facts.get(socket);
-      attachTlsFacts(
-        err,
-        facts ?? this.#freshFacts(),
-      );
-    });
-    (https.Agent.prototype as unknown as { addRequest: AddRequest }).addRequest.call(this, req, options);
+  /** Why this agent cannot connect, when its files were never usable. */
+  get problem(): string | undefined {
+    return this.#problem;
   }
 }

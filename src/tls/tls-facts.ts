@@ -68,3 +68,15 @@ export function tlsFactsOf(err: unknown): TlsFacts | undefined {
 
 /** Error code of a failure that happened before any connection: the TLS files were not usable. */
 export const TLS_MATERIAL_ERROR_CODE = 'LEGATE_TLS_MATERIAL';
+
+/** The facts of every upstream TLS connection, by socket, while it lives. */
+const socketFacts = new WeakMap<object, TlsFacts>();
+
+export function setSocketTlsFacts(socket: object, facts: TlsFacts): void {
+  socketFacts.set(socket, facts);
+}
+
+/** The facts of a TLS connection legate dialled; undefined for plain TCP. */
+export function socketTlsFacts(socket: object | undefined): TlsFacts | undefined {
+  return socket === undefined ? undefined : socketFacts.get(socket);
+}

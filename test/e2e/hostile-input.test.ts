@@ -16,7 +16,7 @@ import { request } from '../helpers/client.js';
 import { ok, routesYaml, startFaulty, type FaultyUpstream } from '../helpers/faulty.js';
 import { startApp, startCli, waitFor, type CliProcess } from '../helpers/legate.js';
 import { header, parseResponses, startRawUpstream, wire, type RawUpstream, type WireExchange, type WireResponse } from '../helpers/raw-upstream.js';
-import { deadPort } from '../helpers/upstream.js';
+import { freePort } from '../helpers/upstream.js';
 
 let cli: CliProcess;
 let up: FaultyUpstream;
@@ -28,7 +28,7 @@ beforeAll(async () => {
   // Answers as soon as the head arrives, without reading the body (as an upstream refusing an upload does).
   early = await startRawUpstream((socket) => socket.end('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly'));
   // A fixed admin port, so that a route can name it (ports chosen by the OS are only known after start).
-  adminPort = await deadPort();
+  adminPort = await freePort();
   const route = (name: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
     name,
     match: { pathPrefix: `/${name}` },

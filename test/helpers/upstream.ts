@@ -5,6 +5,7 @@ import http from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
+import net from 'node:net';
 
 export interface SeenRequest {
   method: string;
@@ -73,13 +74,35 @@ export async function listenOnLoopback(server: NetServer): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-/** A port that nothing listens on (bound then released). */
-export async function deadPort(): Promise<number> {
+/** A port free to bind right now (bound then released), for a listener that must be named before it starts. */
+export async function freePort(): Promise<number> {
   const s = http.createServer();
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as AddressInfo).port;
+  const port = await listenOnLoopback(s);
   s.close();
   await once(s, 'close');
   return port;
+}
+
+/**
+ * A port on 127.0.0.1 that refuses connections, and keeps refusing: a low
+ * (privileged) port that nothing here listens on. A port bound then released
+ * would not do: the OS hands released ephemeral ports to the next `listen(0)`
+ * of a test running in parallel, which then answers instead of refusing.
+ */
+export async function deadPort(): Promise<number> {
+  for (const port of [9, 19, 47, 93, 201, 401, 603, 787]) {
+    if (await refuses(port)) return port;
+  }
+  throw new Error('no refusing low port found on 127.0.0.1');
+}
+
+function refuses(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+  });
 }

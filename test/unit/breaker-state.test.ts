@@ -1,4 +1,4 @@
-import http from 'node:http';
+import { UpstreamPool } from '../../src/runtime/upstream-pool.js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatIssue, loadConfigText } from '../../src/config/load.js';
 import { LegateError, UpstreamError } from '../../src/errors.js';
@@ -31,7 +31,7 @@ function harness(circuitBreaker: Record<string, unknown>): Harness {
   if (!loaded.ok) throw new Error(loaded.issues.map(formatIssue).join('\n'));
   const settings = loaded.config.routes[0];
   if (settings === undefined) throw new Error('no route');
-  const endpoint = createEndpoint(settings.upstream.endpoints[0] as (typeof settings.upstream.endpoints)[0], () => new http.Agent());
+  const endpoint = createEndpoint(settings.upstream.endpoints[0] as (typeof settings.upstream.endpoints)[0], () => new UpstreamPool());
   const route = new RouteRuntime(settings, [endpoint], new LayerState());
   routes.push(route);
   const transitions: Transition[] = [];

@@ -5,7 +5,7 @@
  * last good set kept on failure, the 502 before any success, and the
  * lifecycle across reloads and stop.
  */
-import http from 'node:http';
+import { UpstreamPool } from '../../src/runtime/upstream-pool.js';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadConfigText } from '../../src/config/load.js';
@@ -35,7 +35,7 @@ function discovery(dns: TestDnsServer, url: string, settings: Partial<DiscoveryS
     route: 'billing',
     settings: { type: 'dns', refreshMs: 60_000, resolver: { host: '127.0.0.1', port: dns.port, text: dns.address }, ...settings },
     endpoint,
-    agent: () => http.globalAgent,
+    agent: () => new UpstreamPool(),
     logger: pino({ level: 'debug' }, logs),
     queryTimeoutMs: 500,
     ...extra,

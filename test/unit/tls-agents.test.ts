@@ -1,12 +1,12 @@
 import { X509Certificate } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
-import type { Agent } from 'node:http';
-import https from 'node:https';
 import path from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { EndpointSettings, TlsSettings } from '../../src/config/model.js';
 import { AgentPool, httpAgentFactory, identityOf } from '../../src/runtime/agents.js';
+import type { UpstreamPool } from '../../src/runtime/upstream-pool.js';
+import { request } from 'undici';
 import { TlsAgent } from '../../src/tls/tls-agent.js';
 import { EXPIRY_WARNING_SECONDS, TlsAgents } from '../../src/tls/tls-agents.js';
 import { tlsFactsOf } from '../../src/tls/tls-facts.js';
@@ -43,17 +43,19 @@ function endpoint(tls: TlsSettings, url = upstream.url): EndpointSettings {
   return { url: new URL(url), weight: 1, tls };
 }
 
-/** One request through `agent`; resolves with the client CN the upstream saw, or rejects with the error. */
-function call(agent: Agent): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port: upstream.port, path: '/', agent }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => (body += d));
-      res.on('end', () => resolve((JSON.parse(body) as { cn: string }).cn));
-    });
-    req.on('error', reject);
-    req.end();
-  });
+/** One request through `pool`; resolves with the client CN the upstream saw, or rejects with the error. */
+async function call(pool: UpstreamPool): Promise<string> {
+  const conn = pool.acquire(`https://127.0.0.1:${upstream.port}`);
+  try {
+    // undici's `request` (its package index) on legate's Client, which is loaded without the convenience API.
+    const res = await request(`${conn.origin}/`, { dispatcher: conn.client });
+    const cn = ((await res.body.json()) as { cn: string }).cn;
+    pool.release(conn);
+    return cn;
+  } catch (e) {
+    conn.destroy();
+    throw e;
+  }
 }
 
 function keyBody(issued: Issued): string {
