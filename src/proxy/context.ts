@@ -13,26 +13,37 @@ import type { Endpoint } from '../runtime/route-runtime.js';
 
 /** The app's body streamed once; retries of it are impossible after the first try. */
 export function streamedBody(raw: IncomingMessage): RequestBody {
-  const length = raw.headers['content-length'];
-  const hasBody = length !== undefined ? length !== '0' : raw.headers['transfer-encoding'] !== undefined;
-  let opened = false;
-  return {
-    // An empty body can be "replayed" for free.
-    get replayable() {
-      return !hasBody;
-    },
-    get consumed() {
-      return opened && hasBody;
-    },
-    length: hasBody ? (length === undefined ? undefined : Number(length)) : 0,
-    open() {
-      if (!opened) {
-        opened = true;
-        return undefined;
-      }
-      return hasBody ? undefined : Readable.from([]);
-    },
-  };
+  return new StreamedBody(raw);
+}
+
+/** A class rather than an object literal with getters: it is built for every request. */
+class StreamedBody implements RequestBody {
+  readonly length: number | undefined;
+  readonly #hasBody: boolean;
+  #opened = false;
+
+  constructor(raw: IncomingMessage) {
+    const length = raw.headers['content-length'];
+    this.#hasBody = length !== undefined ? length !== '0' : raw.headers['transfer-encoding'] !== undefined;
+    this.length = this.#hasBody ? (length === undefined ? undefined : Number(length)) : 0;
+  }
+
+  // An empty body can be "replayed" for free.
+  get replayable(): boolean {
+    return !this.#hasBody;
+  }
+
+  get consumed(): boolean {
+    return this.#opened && this.#hasBody;
+  }
+
+  open(): Readable | undefined {
+    if (!this.#opened) {
+      this.#opened = true;
+      return undefined;
+    }
+    return this.#hasBody ? undefined : Readable.from([]);
+  }
 }
 
 export interface ContextInit {
