@@ -21,7 +21,7 @@ function limitedBody(req: ProxyRequest, inner: RequestBody, limit: number, tooLa
     },
     length: inner.length,
     open() {
-      const source = inner.open() ?? req.raw;
+      const source = inner.open();
       const counter = new Transform({
         transform(chunk: Buffer, _enc, done) {
           seen += chunk.length;

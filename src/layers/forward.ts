@@ -12,7 +12,7 @@
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { classifyUpstreamFailure, isLegateError, LegateError, UpstreamError, type LegateError as LE } from '../errors.js';
 import type { AbortLike } from '../proxy/abort.js';
@@ -64,15 +64,6 @@ function codeOf(err: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
-/**
- * The app's own request stream, as a stream undici may destroy: undici
- * destroys the body of a request that fails, and the app's request must
- * outlive a failed try (legate still answers it).
- */
-function detached(raw: Readable): Readable {
-  return raw.pipe(new PassThrough());
-}
-
 /** One try: undici's dispatch handler, and then the response body it holds for the consumer. */
 class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
   readonly #req: ProxyRequest;
@@ -117,8 +108,7 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
     // Each endpoint of a weighted list is its own authority.
     if (!route.preserveHost) req.headers.host = endpoint.authority;
     const length = req.body.length;
-    // The app's own stream on the first try of a streamed body; a fresh stream of the held bytes otherwise.
-    const body: Readable | null = length === 0 ? null : (req.body.open() ?? detached(req.raw));
+    const body: Readable | null = length === 0 ? null : req.body.open();
     frame(req.headers, length);
     req.signal.addEventListener('abort', this.#onAbort, { once: true });
     this.#trySignal?.addEventListener('abort', this.#onTryAbort, { once: true });

@@ -5,7 +5,8 @@
  */
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import { LegateError } from '../errors.js';
 import type { RouteRuntime } from '../runtime/route-runtime.js';
 import { RequestAbort, type AbortLike } from './abort.js';
 import type { ProxyRequest, RequestBody, RequestPolicy, TryRecord } from './types.js';
@@ -19,10 +20,12 @@ export function streamedBody(raw: IncomingMessage): RequestBody {
 /** A class rather than an object literal with getters: it is built for every request. */
 class StreamedBody implements RequestBody {
   readonly length: number | undefined;
+  readonly #raw: IncomingMessage;
   readonly #hasBody: boolean;
   #opened = false;
 
   constructor(raw: IncomingMessage) {
+    this.#raw = raw;
     const length = raw.headers['content-length'];
     this.#hasBody = length !== undefined ? length !== '0' : raw.headers['transfer-encoding'] !== undefined;
     this.length = this.#hasBody ? (length === undefined ? undefined : Number(length)) : 0;
@@ -37,12 +40,12 @@ class StreamedBody implements RequestBody {
     return this.#opened && this.#hasBody;
   }
 
-  open(): Readable | undefined {
-    if (!this.#opened) {
-      this.#opened = true;
-      return undefined;
-    }
-    return this.#hasBody ? undefined : Readable.from([]);
+  open(): Readable {
+    if (!this.#hasBody) return Readable.from([]);
+    // The retry layer never sends a consumed body again; this would be a bug in the chain.
+    if (this.#opened) throw new LegateError('internal-error', 'the request body was already sent and cannot be sent again');
+    this.#opened = true;
+    return this.#raw.pipe(new PassThrough());
   }
 }
 

@@ -49,10 +49,12 @@ export interface RequestBody {
   /** Length in bytes when known up front (Content-Length or buffered). */
   readonly length: number | undefined;
   /**
-   * The stream the next try sends, or `undefined` when the app's request
-   * stream itself should be piped (first and only try of a streamed body).
+   * The stream the next try sends. For a streamed body (sent once) that is
+   * the app's own request stream, behind a stream of its own: a failed try
+   * destroys what it was sending, and the app's request must outlive it
+   * (legate still answers it).
    */
-  open(): Readable | undefined;
+  open(): Readable;
 }
 
 export interface ProxyRequest {
