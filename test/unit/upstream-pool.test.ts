@@ -9,7 +9,8 @@ import type { Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { request, type Dispatcher } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { UpstreamPool, type Connection } from '../../src/runtime/upstream-pool.js';
+import { classifyUpstreamFailure } from '../../src/errors.js';
+import { CONNECT_TIMEOUT_MS, UpstreamPool, type Connection } from '../../src/runtime/upstream-pool.js';
 import { TlsAgent } from '../../src/tls/tls-agent.js';
 import { waitFor } from '../helpers/legate.js';
 import { startRawUpstream, type RawUpstream } from '../helpers/raw-upstream.js';
@@ -110,6 +111,18 @@ describe('UpstreamPool', () => {
     expect(up.accepted()).toBe(1);
     expect(errors).toHaveLength(1);
   });
+
+  it(`a TLS handshake that stalls fails after ${CONNECT_TIMEOUT_MS} ms as a connect failure, and its socket closes`, async () => {
+    const up = await raw(undefined);
+    const material = { digest: '', fileDigests: new Map(), secureContext: createSecureContext(), certificates: [], client: undefined };
+    const p = pool(new TlsAgent({ settings: {}, host: 'localhost', material }));
+    const began = Date.now();
+    const errors = hang(p.acquire(`https://127.0.0.1:${up.port}`));
+    await waitFor(() => (errors.length === 1 ? true : undefined), 'the connect timeout', CONNECT_TIMEOUT_MS + 3_000);
+    expect(Date.now() - began).toBeGreaterThanOrEqual(CONNECT_TIMEOUT_MS - 50);
+    expect(classifyUpstreamFailure(errors[0], `127.0.0.1:${up.port}`).code).toBe('upstream-connect-failure');
+    await waitFor(() => (up.open() === 0 ? true : undefined), 'the stalled socket closed', 1_000);
+  }, CONNECT_TIMEOUT_MS + 5_000);
 
   it('close(): idle connections close now, a busy one when its exchange ends', async () => {
     let respond: (() => void) | undefined;
