@@ -357,6 +357,35 @@ describe('streaming', () => {
     expect(blockedAt).toBeLessThan(BOUND);
     expect(received).toBe(SIZE);
   }, 60_000);
+
+  it('passes a streamed response on as it comes: the app has each event before the upstream sends the next', async () => {
+    // Server-sent events: the upstream writes the next event only once the app has the previous one,
+    // so a proxy that held chunks back (until the end, or until more arrived) would never finish.
+    const received: string[] = [];
+    const up = await upstream(
+      (_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        void (async () => {
+          for (let i = 1; i <= 5; i++) {
+            res.write(`data: ${i}\n\n`);
+            await waitFor(() => (received.join('').includes(`data: ${i}\n\n`) ? true : undefined), `the app to get event ${i}`);
+          }
+          res.end();
+        })();
+      },
+      { stream: true },
+    );
+    const l = await legate(`routes:\n  - name: events\n    upstream: ${up.url}\n    retry: { retries: 0 }\n`);
+    await new Promise<void>((resolve, reject) => {
+      http.get({ port: l.proxyPort, path: '/events' }, (res) => {
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => received.push(c));
+        res.on('end', resolve);
+        res.on('error', reject);
+      });
+    });
+    expect(received.join('')).toBe([1, 2, 3, 4, 5].map((i) => `data: ${i}\n\n`).join(''));
+  }, 30_000);
 });
 
 describe('admin', () => {
