@@ -44,6 +44,7 @@
  *   BENCH_CANDIDATE=FILE     also measure another build's dist/cli.js (full chain): A/B in one run;
  *                            NAME=FILE,NAME=FILE for several (targets candidate-NAME); FILE may be
  *                            followed by Node flags for that candidate alone ("NAME=FILE --flag")
+ *   BENCH_CANDIDATE_CONFIG=full  the route the candidates are measured with: plain, full or mtls
  *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4)
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
  *   BENCH_REDO_BUDGET=12     throughput runs disturbed by other work (>25% of the proxy's core) are re-run, this many at most
@@ -124,13 +125,17 @@ const TARGET_DEFS = [
 // A/B in one run: BENCH_CANDIDATE=/path/to/other/dist/cli.js adds that build's full chain as one more
 // target, `candidate-full`; several as NAME=PATH,NAME=PATH add `candidate-NAME` each.
 // A path may be followed by Node flags for that candidate alone: `semi2=dist/cli.js --max-semi-space-size=2`.
+// BENCH_CANDIDATE_CONFIG=plain|mtls measures the candidates with that route instead of the full chain.
+const CANDIDATE_CONFIG = env.BENCH_CANDIDATE_CONFIG ?? 'full';
+if (!['plain', 'full', 'mtls'].includes(CANDIDATE_CONFIG)) throw new Error(`BENCH_CANDIDATE_CONFIG must be plain, full or mtls, not ${CANDIDATE_CONFIG}`);
+const CANDIDATE_LABEL = { plain: 'one plain route', full: 'full chain', mtls: 'mTLS route' }[CANDIDATE_CONFIG];
 for (const [i, entry] of (env.BENCH_CANDIDATE ?? '').split(',').filter(Boolean).entries()) {
   const eq = entry.indexOf('=');
   const name = eq === -1 ? (i === 0 ? 'full' : String(i + 1)) : entry.slice(0, eq);
   const [where = '', ...nodeArgs] = (eq === -1 ? entry : entry.slice(eq + 1)).trim().split(/\s+/);
   const file = path.resolve(where);
   const flags = nodeArgs.length === 0 ? '' : ` ${nodeArgs.join(' ')}`;
-  TARGET_DEFS.push({ id: `candidate-${name}`, kind: 'legate', config: 'full', cli: file, nodeArgs, label: `candidate ${name} (${file}${flags}), full chain` });
+  TARGET_DEFS.push({ id: `candidate-${name}`, kind: 'legate', config: CANDIDATE_CONFIG, cli: file, nodeArgs, label: `candidate ${name} (${file}${flags}), ${CANDIDATE_LABEL}` });
 }
 
 const only = env.BENCH_ONLY?.split(',').map((s) => s.trim()).filter(Boolean);
