@@ -83,17 +83,10 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
   #dest: Writable | undefined;
   #done: ((err?: Error) => void) | undefined;
   #draining = false;
-  /** The app's response while it is corked: see onResponseData. */
-  #corked: Writable | undefined;
   #onSettled: Array<() => void> | undefined;
   readonly #onAbort = (): void => this.#fail(this.#req.signal.reason);
   readonly #onTryAbort = (): void => this.#fail(this.#trySignal?.reason);
   readonly #onDrain = (): void => this.#controller?.resume();
-  readonly #uncork = (): void => {
-    const dest = this.#corked;
-    this.#corked = undefined;
-    dest?.uncork();
-  };
 
   constructor(req: ProxyRequest, endpoint: Endpoint, resolve: (r: UpstreamResponse) => void, reject: (e: LE) => void) {
     this.#req = req;
@@ -164,14 +157,6 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
   onResponseData(controller: Controller, chunk: Buffer): void {
     const dest = this.#dest;
     if (dest === undefined) return; // drained, or destroyed
-    // Chunks that arrive in one turn of the event loop go to the app in one write, as Envoy flushes a
-    // connection's buffer once per dispatcher iteration. Over TLS a 16 KiB response comes as two
-    // records, read in two passes; Node's own per-write cork only joins writes made in one tick.
-    if (this.#corked === undefined) {
-      this.#corked = dest;
-      dest.cork();
-      setImmediate(this.#uncork);
-    }
     if (!dest.write(chunk)) controller.pause();
   }
 
@@ -228,8 +213,6 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
 
   #finish(err: Error | undefined): void {
     this.#over = true;
-    // end() has flushed a corked response already; after an error, what was written still goes out.
-    this.#uncork();
     const dest = this.#dest;
     if (dest !== undefined) {
       dest.off('drain', this.#onDrain);
