@@ -67,7 +67,7 @@ import process from 'node:process';
 import { setInterval, clearInterval } from 'node:timers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { capture, childPids, coreBusySeconds, cpuSeconds, freePort, killAllNow, rssBytes, run, start, stop, stopAll, tail, waitForPort } from './lib/procs.mjs';
+import { capture, childPids, coreBusySeconds, cpuSeconds, freePort, killAllNow, rssBytes, rssByMapping, run, start, stop, stopAll, tail, waitForPort } from './lib/procs.mjs';
 import { median, percentile, ratio, round } from './lib/stats.mjs';
 import { formatSummary, summarise } from './profile-summary.mjs';
 
@@ -735,10 +735,11 @@ async function idleMemory(ctx, which) {
   // holding idle connections costs; the figure 2 s after the burst is reported beside it.
   await sleep(S.idleSettleSeconds * 1_000);
   const rssSettled = rssBytes([proc.pid]);
+  const settledByMapping = rssByMapping(proc.pid);
   const open = sockets.filter((s) => !s.destroyed).length;
   for (const s of sockets) s.destroy();
   await stop(proc);
-  return { connections: open, settleSeconds: S.idleSettleSeconds, rssFresh, rssWarm, rssIdle, rssSettled, idleMiB: round(rssSettled / 2 ** 20, 1), idleBurstMiB: round(rssIdle / 2 ** 20, 1) };
+  return { connections: open, settleSeconds: S.idleSettleSeconds, rssFresh, rssWarm, rssIdle, rssSettled, settledByMapping, idleMiB: round(rssSettled / 2 ** 20, 1), idleBurstMiB: round(rssIdle / 2 ** 20, 1) };
 }
 
 async function soakRun(ctx) {
@@ -981,6 +982,18 @@ function renderMarkdown(r) {
     L.push(`| after 2 s at ${fmt(r.settings.rate)} req/s | ${mib(m.idle.rssWarm)} | ${mib(b?.rssWarm)} |`);
     L.push(`| with ${fmt(m.idle.connections)} idle keep-alive connections, 2 s after opening them | ${mib(m.idle.rssIdle)} | ${mib(b?.rssIdle)} |`);
     if (m.idle.rssSettled !== undefined) L.push(`| the same connections, ${m.idle.settleSeconds} s later | ${mib(m.idle.rssSettled)} | ${mib(b?.rssSettled)} |`);
+    const mine = m.idle.settledByMapping;
+    if (mine) {
+      const theirs = b?.settledByMapping ?? undefined;
+      const parts = [
+        ['node executable (code; shared with other node processes)', 'binary'],
+        ['V8 heap pages (256 KiB mappings)', 'v8Heap'],
+        ['other anonymous memory (WebAssembly, V8 code space, arenas, stacks)', 'otherAnonymous'],
+        ['malloc heap', 'malloc'],
+        ['other mapped files', 'files'],
+      ];
+      for (const [label, key] of parts) L.push(`| … of which ${label} | ${mib(mine[key])} | ${mib(theirs?.[key])} |`);
+    }
   }
   if (m.soak) {
     L.push(`| soak at ${fmt(m.soak.rate)} req/s: start (mean of its first tenth, after a ${r.settings.soakWarmupSeconds} s warm-up) | ${mib(m.soak.rssStart)} | |`);

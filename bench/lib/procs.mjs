@@ -7,7 +7,7 @@
  * ever killed by name.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import process from 'node:process';
 import { clearTimeout, setTimeout } from 'node:timers';
@@ -197,6 +197,45 @@ export function rssBytes(pids) {
     }
   }
   return kb * 1024;
+}
+
+/**
+ * Where a process's resident memory is, by kind of mapping (bytes, from
+ * /proc/PID/smaps): `binary` the node executable's own pages (code, shared
+ * with every node process on the machine), `v8Heap` anonymous 256 KiB
+ * mappings (V8 allocates its heap pages so), `malloc` the [heap] of the C
+ * allocator's main arena, `otherAnonymous` the rest of the anonymous memory
+ * (WebAssembly code and memory, V8's code and large-object spaces, other
+ * allocator arenas, thread stacks), `files` other mapped files. null when
+ * the process is gone.
+ */
+export function rssByMapping(pid) {
+  let text;
+  let exe;
+  try {
+    text = readFileSync(`/proc/${pid}/smaps`, 'utf8');
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return null;
+  }
+  const out = { binary: 0, v8Heap: 0, malloc: 0, otherAnonymous: 0, files: 0 };
+  let kind = 'otherAnonymous';
+  for (const line of text.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (m) {
+      const name = m[3];
+      const size = parseInt(m[2], 16) - parseInt(m[1], 16);
+      if (name === '') kind = size === 256 * 1024 ? 'v8Heap' : 'otherAnonymous';
+      else if (name === '[heap]') kind = 'malloc';
+      else if (name === exe) kind = 'binary';
+      else if (name.startsWith('/')) kind = 'files';
+      else kind = 'otherAnonymous';
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) out[kind] += Number(rss[1]) * 1024;
+  }
+  return out;
 }
 
 /** Sends SIGTERM, waits up to `graceMs`, then SIGKILL. `extraPids` (nginx's workers) get the same treatment. */
