@@ -61,5 +61,11 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 # close, in-flight requests get up to drainTimeout (default 10s), exit 0.
 # Give `docker stop -t` / compose `stop_grace_period` more than drainTimeout.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "/app/dist/cli.js"]
+# --no-maglev: Node 24 compiles hot code with a third JIT tier, Maglev. In
+# legate its code and compiler memory cost 10-17 MiB of RSS with 1,000 idle
+# connections (126-133 -> 116 MiB on Node 24.21) and bought no throughput in
+# `npm run bench` A/B runs; a sidecar runs in every pod, so memory wins.
+# docs/benchmarks.md "Memory" has the figures. Pass other Node flags with
+# NODE_OPTIONS (e.g. --max-semi-space-size=4 trades CPU for memory).
+ENTRYPOINT ["node", "--no-maglev", "/app/dist/cli.js"]
 CMD ["--config", "/etc/legate/routes.yaml"]

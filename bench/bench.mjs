@@ -47,7 +47,8 @@
  *                            NAME=FILE,NAME=FILE for several (targets candidate-NAME); FILE may be
  *                            followed by Node flags for that candidate alone ("NAME=FILE --flag")
  *   BENCH_CANDIDATE_CONFIG=full  the route the candidates are measured with: plain, full or mtls
- *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4)
+ *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4), after
+ *                            the ones the Dockerfile's ENTRYPOINT starts legate with (always applied)
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
  *   BENCH_REDO_BUDGET=12     throughput runs disturbed by other work (>25% of the proxy's core) are re-run, this many at most
  * With --profile it instead profiles one proxy under load (see profileMode at the end).
@@ -84,8 +85,20 @@ const QUICK = env.BENCH_QUICK === '1';
 const PROFILE = process.argv.includes('--profile');
 const num = (v, d) => (v === undefined || v === '' || !Number.isFinite(Number(v)) ? d : Number(v));
 
+/**
+ * The Node flags the Docker image starts legate with (its ENTRYPOINT between
+ * `node` and the script): every legate process here gets them too, so the
+ * bench measures legate as it ships. BENCH_NODE_ARGS adds to them.
+ */
+function imageNodeFlags() {
+  const m = /^ENTRYPOINT (\[.*\])$/m.exec(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+  const argv = m ? JSON.parse(m[1]) : [];
+  return argv[0] === 'node' ? argv.slice(1, -1) : [];
+}
+
 const S = {
   quick: QUICK,
+  legateNodeFlags: [...imageNodeFlags(), ...(env.BENCH_NODE_ARGS ? env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : [])],
   repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 3))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
@@ -376,8 +389,8 @@ async function startLegate(name, config, ctx, port, nodeArgs = [], cli = CLI) {
   const childEnv = { ...env };
   // The config decides the log level, not whoever ran the bench.
   delete childEnv.LOG_LEVEL;
-  // BENCH_NODE_ARGS: V8/Node flags for every legate process (e.g. --max-semi-space-size=4), to try runtime settings.
-  const extra = env.BENCH_NODE_ARGS ? env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : [];
+  // The image's Node flags, then BENCH_NODE_ARGS (e.g. --max-semi-space-size=4) to try runtime settings.
+  const extra = S.legateNodeFlags;
   const proc = start(name, process.execPath, [...extra, ...nodeArgs, cli, '--config', file], { cpu: S.proxyCpu, log: path.join(tmp, `${name}.log`), cwd: ROOT, env: childEnv });
   await waitForPort(port, { proc, timeoutMs: 15_000 });
   return { proc, admin, accessLog, file };
@@ -1021,6 +1034,8 @@ function renderMarkdown(r) {
   L.push(`- legate ${mc.legateCommit ?? '?'}${mc.legateTreeDirty ? ' with uncommitted changes in the tree' : ''}`);
   L.push(`- load average at start ${mc.loadAverageAtStart.join(' ')}, at end ${mc.loadAverageAtEnd.join(' ')} (other work on the machine shows here)`);
   L.push(`- pinning: upstream, load generator and harness on core ${r.settings.loadCpu ?? '(unpinned)'}, the proxy under test alone on core ${r.settings.proxyCpu ?? '(unpinned)'}`);
+  const flags = r.settings.legateNodeFlags ?? [];
+  L.push(`- legate's Node flags: ${flags.length === 0 ? 'none' : flags.map((f) => `\`${f}\``).join(' ')} (the Docker image's ENTRYPOINT, plus BENCH_NODE_ARGS)`);
   L.push('');
   L.push('```sh');
   L.push(r.command);
