@@ -68,8 +68,9 @@ import process from 'node:process';
 import { setInterval, clearInterval } from 'node:timers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { capture, childPids, coreBusySeconds, cpuSeconds, freePort, killAllNow, rssBytes, rssByMapping, run, start, stop, stopAll, tail, waitForPort } from './lib/procs.mjs';
+import { capture, childPids, coreBusySeconds, cpuSeconds, freePort, killAllNow, rssBytes, rssByMapping, start, stop, stopAll, tail, waitForPort } from './lib/procs.mjs';
 import { median, percentile, ratio, round } from './lib/stats.mjs';
+import { makeCerts } from './lib/certs.mjs';
 import { formatSummary, summarise } from './profile-summary.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -189,25 +190,6 @@ function log(msg) {
 
 // ---------------------------------------------------------------- setup
 
-/** A CA, a server certificate for localhost/127.0.0.1 and a client certificate, all P-256, valid 2 days. */
-function makeCerts(dir) {
-  mkdirSync(dir, { recursive: true });
-  const o = (...args) => run('openssl', args, { cwd: dir });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  o('req', '-x509', ...ec, '-keyout', 'ca-key.pem', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=legate bench CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
-  const leaves = [
-    ['server', 'localhost', 'serverAuth', 'DNS:localhost,IP:127.0.0.1'],
-    ['client', 'legate-bench-client', 'clientAuth', 'DNS:legate-bench-client'],
-  ];
-  for (const [name, cn, eku, san] of leaves) {
-    o('req', ...ec, '-keyout', `${name}-key.pem`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
-    writeFileSync(path.join(dir, `${name}.ext`),
-      `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=${eku}\nsubjectAltName=${san}\n`);
-    o('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial',
-      '-out', `${name}.pem`, '-days', '2', '-extfile', `${name}.ext`);
-  }
-}
 
 /**
  * nginx's config. With `tls`, it reaches the upstream's HTTPS port with the

@@ -13,7 +13,7 @@
  * four clients take turns, `--repeats` times; medians are reported.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { createRequire } from 'node:module';
@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import process from 'node:process';
 import { parseArgs } from 'node:util';
+import { makeCerts } from './lib/certs.mjs';
 import { freePort, waitForPort } from './lib/procs.mjs';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -32,15 +33,7 @@ const N = Number(values.requests);
 const IN_FLIGHT = 50;
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'legate-tls-cost-'));
-const o = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-o('req', '-x509', ...ec, '-keyout', 'ca-key.pem', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=tls-cost CA',
-  '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign');
-for (const [name, eku, san] of [['server', 'serverAuth', 'DNS:localhost'], ['client', 'clientAuth', 'DNS:client']]) {
-  o('req', ...ec, '-keyout', `${name}-key.pem`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-  writeFileSync(path.join(dir, `${name}.ext`), `basicConstraints=CA:FALSE\nextendedKeyUsage=${eku}\nsubjectAltName=${san}\n`);
-  o('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca-key.pem', '-CAcreateserial', '-out', `${name}.pem`, '-days', '1', '-extfile', `${name}.ext`);
-}
+makeCerts(dir);
 const tlsOptions = {
   ca: readFileSync(path.join(dir, 'ca.pem')),
   cert: readFileSync(path.join(dir, 'client.pem')),
