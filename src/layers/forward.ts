@@ -83,10 +83,19 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
   #dest: Writable | undefined;
   #done: ((err?: Error) => void) | undefined;
   #draining = false;
+  /** Body bytes the upstream's Content-Length says are still to come; -1 when it gave none. */
+  #remaining = -1;
+  /** The app's response while it is corked: see onResponseData. */
+  #corked: Writable | undefined;
   #onSettled: Array<() => void> | undefined;
   readonly #onAbort = (): void => this.#fail(this.#req.signal.reason);
   readonly #onTryAbort = (): void => this.#fail(this.#trySignal?.reason);
   readonly #onDrain = (): void => this.#controller?.resume();
+  readonly #uncork = (): void => {
+    const dest = this.#corked;
+    this.#corked = undefined;
+    dest?.uncork();
+  };
 
   constructor(req: ProxyRequest, endpoint: Endpoint, resolve: (r: UpstreamResponse) => void, reject: (e: LE) => void) {
     this.#req = req;
@@ -151,12 +160,26 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
     this.#unlisten();
     const record = this.#record;
     record.status = status;
+    const length = headers['content-length'];
+    if (typeof length === 'string') this.#remaining = Number(length);
     this.#resolve({ status, statusMessage, headers, body: this, endpoint: this.#endpoint, upstreamMs: record.ms });
   }
 
   onResponseData(controller: Controller, chunk: Buffer): void {
     const dest = this.#dest;
     if (dest === undefined) return; // drained, or destroyed
+    // A body that comes in pieces the upstream sent together (over TLS, a response larger than one 16 KiB
+    // record arrives as two) goes to the app in one write: the response stays corked while the rest of a
+    // known length is due, until the body ends or this turn of the event loop does, whichever is first.
+    // A body of unknown length (a stream) is never held.
+    if (this.#remaining > 0) {
+      this.#remaining -= chunk.length;
+      if (this.#remaining > 0 && this.#corked === undefined) {
+        this.#corked = dest;
+        dest.cork();
+        setImmediate(this.#uncork);
+      }
+    }
     if (!dest.write(chunk)) controller.pause();
   }
 
@@ -213,6 +236,9 @@ class Exchange implements Dispatcher.DispatchHandler, UpstreamBody {
 
   #finish(err: Error | undefined): void {
     this.#over = true;
+    // end() has flushed a corked response already; after an error, what was written still goes out.
+    if (err === undefined) this.#corked = undefined;
+    else this.#uncork();
     const dest = this.#dest;
     if (dest !== undefined) {
       dest.off('drain', this.#onDrain);

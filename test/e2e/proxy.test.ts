@@ -358,17 +358,25 @@ describe('streaming', () => {
     expect(received).toBe(SIZE);
   }, 60_000);
 
-  it('passes a streamed response on as it comes: the app has each event before the upstream sends the next', async () => {
-    // Server-sent events: the upstream writes the next event only once the app has the previous one,
-    // so a proxy that held chunks back (until the end, or until more arrived) would never finish.
+  // The upstream writes the next piece only once the app has the previous one, so a proxy that held
+  // chunks back (until the end, or until more arrived) would never finish. With a Content-Length the
+  // forward layer corks the app's response while more is due (one write for pieces that came together),
+  // and must still let go of what it has when the turn of the event loop ends.
+  it.each([
+    ['a stream of unknown length (server-sent events)', false],
+    ['a body of known length', true],
+  ])('passes %s on as it comes: the app has each piece before the upstream sends the next', async (_framing, known) => {
+    const pieces = [1, 2, 3, 4, 5].map((i) => `data: ${i}\n\n`);
     const received: string[] = [];
     const up = await upstream(
       (_req, res) => {
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        const head: Record<string, string | number> = { 'content-type': 'text/event-stream' };
+        if (known) head['content-length'] = Buffer.byteLength(pieces.join(''));
+        res.writeHead(200, head);
         void (async () => {
-          for (let i = 1; i <= 5; i++) {
-            res.write(`data: ${i}\n\n`);
-            await waitFor(() => (received.join('').includes(`data: ${i}\n\n`) ? true : undefined), `the app to get event ${i}`);
+          for (const piece of pieces) {
+            res.write(piece);
+            await waitFor(() => (received.join('').includes(piece) ? true : undefined), `the app to get ${JSON.stringify(piece)}`);
           }
           res.end();
         })();
@@ -384,7 +392,7 @@ describe('streaming', () => {
         res.on('error', reject);
       });
     });
-    expect(received.join('')).toBe([1, 2, 3, 4, 5].map((i) => `data: ${i}\n\n`).join(''));
+    expect(received.join('')).toBe(pieces.join(''));
   }, 30_000);
 });
 
