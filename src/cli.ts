@@ -56,7 +56,15 @@ async function run(file: string): Promise<number> {
   }
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? loaded.config.logLevel });
   for (const w of loaded.warnings) logger.warn({ file }, w);
-  const app = new LegateApp(loaded.config, { logger });
+  let app: LegateApp;
+  try {
+    app = new LegateApp(loaded.config, { logger });
+  } catch (e) {
+    // What the config names but the machine refuses (an access log file that cannot be opened).
+    logger.fatal({ err: (e as Error).message }, 'legate could not start');
+    await closeLogger(logger);
+    return 1;
+  }
   const absolute = path.resolve(file);
 
   // Handlers go in before start: a signal that arrives while listeners bind must not take Node's

@@ -16,7 +16,7 @@ const run = promisify(execFile);
 
 async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { cwd: ROOT });
+    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { cwd: ROOT, timeout: 10_000 });
     return { code: 0, stdout, stderr };
   } catch (e) {
     const err = e as { code: number; stdout: string; stderr: string };
@@ -109,6 +109,27 @@ describe('legate CLI', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/routes\[0\]\.name/);
     expect(r.stderr).toMatch(/routes\[0\]\.upstream/);
+  });
+
+  // Under /proc a parent exists but takes no child: Node's recursive mkdir spins there for ever.
+  const unopenable: Array<[string, (dir: string) => string, RegExp]> = [
+    ['under a regular file', (dir) => path.join(dir, 'routes.yaml', 'logs', 'access.log'), /ENOTDIR/],
+    ...(process.platform === 'linux' ? [['under /proc', () => '/proc/legate-test/access.log', /ENOENT/] as [string, (dir: string) => string, RegExp]] : []),
+  ];
+  it.each(unopenable)('refuses to start when the access log file cannot be opened (%s), naming it and why', async (_case, where, cause) => {
+    const dir = tempDir();
+    const file = path.join(dir, 'routes.yaml');
+    const accessLog = where(dir);
+    writeFileSync(file, `${header}accessLog: ${accessLog}\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:9\n`);
+    const r = await cli('--config', file);
+    expect(r.code).toBe(1);
+    const fatal = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { level: string; msg: string; err: string });
+    expect(fatal).toEqual([expect.objectContaining({ level: 'fatal', msg: 'legate could not start' })]);
+    expect(fatal[0]?.err).toContain(`accessLog: cannot open ${accessLog}: `);
+    expect(fatal[0]?.err).toMatch(cause);
   });
 });
 

@@ -3,7 +3,8 @@
  * log lines read as JSON and `/metrics` read by a strict exposition parser;
  * credentials sent both ways searched for in everything the process printed.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
@@ -16,6 +17,8 @@ const scope = testScope();
 const upstream = (handler: UpstreamHandler = echo): Promise<Upstream> => scope.upstream(handler);
 const inProcess = (yaml: string): Promise<InProcess> => scope.app(yaml);
 const cli = scope.cli;
+/** util-linux's prlimit, which runs a command with resource limits (Debian has it in every install). */
+const hasPrlimit = spawnSync('prlimit', ['--version']).status === 0;
 
 async function scrape(adminPort: number): Promise<Map<string, MetricFamily>> {
   const r = await request({ port: adminPort, path: '/metrics' });
@@ -217,5 +220,40 @@ describe('the CLI', () => {
     expect(lines.map((l) => l.requestId)).toEqual(Array.from({ length: 20 }, (_, i) => `file-${i}`));
     expect(lines[0]).toMatchObject({ msg: 'access', route: 'api', path: '/x/0', status: 200 });
     expect(p.lines.filter((l) => l.msg === 'access')).toEqual([]);
+  });
+
+  // prlimit caps the size of any file legate writes: past it a write fails with EFBIG, as on a full disk.
+  it.runIf(hasPrlimit)('keeps serving when the access log file refuses writes, says so once, and writes again once it can', async () => {
+    const up = await upstream();
+    const dir = tempDir();
+    const configFile = path.join(dir, 'routes.yaml');
+    const file = path.join(dir, 'access.log');
+    writeFileSync(configFile, `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccessLog: access.log\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
+    const p = await cli('', { configFile, wrap: ['prlimit', `--fsize=${64 * 1024}`, '--'] });
+    const failure = (l: Record<string, unknown>) => typeof l.msg === 'string' && l.msg.startsWith('access log write failed');
+    // Until the file is full: a batch goes out every ~8 KiB and at least every 250 ms.
+    const failed = await waitFor(async () => {
+      expect((await request({ port: p.proxyPort, path: '/before' })).status).toBe(200);
+      return p.lines.find(failure);
+    }, 'the failed write reported');
+    expect(failed).toMatchObject({ level: 'error', accessLog: file, err: expect.stringContaining('EFBIG') });
+    for (let i = 0; i < 20; i++) expect((await request({ port: p.proxyPort, path: `/during/${i}` })).status).toBe(200);
+    // Made room, as logrotate's copytruncate does: the held lines and the new ones are written.
+    truncateSync(file, 0);
+    for (let i = 0; i < 5; i++) expect((await request({ port: p.proxyPort, path: '/after', headers: { 'x-request-id': `after-${i}` } })).status).toBe(200);
+    await p.waitForLine((l) => l.msg === 'access log writes succeed again', 'writes succeed again');
+    expect(await p.stop('SIGTERM')).toBe(0);
+    expect(p.lines.filter(failure)).toHaveLength(1);
+    const written = readFileSync(file, 'utf8')
+      .split('\n')
+      .flatMap((l) => {
+        try {
+          return [JSON.parse(l) as { requestId: string; path: string }];
+        } catch {
+          return []; // the rest of the line cut at the limit
+        }
+      });
+    expect(written.filter((l) => l.path.startsWith('/during/')).length).toBe(20);
+    expect(written.filter((l) => l.path === '/after').map((l) => l.requestId)).toEqual(['after-0', 'after-1', 'after-2', 'after-3', 'after-4']);
   });
 });

@@ -51,10 +51,14 @@ export interface CliProcess {
  * `node dist/cli.js --config FILE`. Use `listen: 127.0.0.1:0` and
  * `admin: 127.0.0.1:0`: the bound ports are read from the start line.
  */
-export async function startCli(yaml: string, opts: { configFile?: string; env?: Record<string, string>; args?: string[] } = {}): Promise<CliProcess> {
+export async function startCli(
+  yaml: string,
+  opts: { configFile?: string; env?: Record<string, string>; args?: string[]; /** A command that runs node, e.g. `prlimit --fsize=N --`. */ wrap?: string[] } = {},
+): Promise<CliProcess> {
   const configFile = opts.configFile ?? path.join(tempDir(), 'routes.yaml');
   if (opts.configFile === undefined) writeFileSync(configFile, yaml);
-  const child = spawn(process.execPath, [CLI, '--config', configFile, ...(opts.args ?? [])], {
+  const command = [...(opts.wrap ?? []), process.execPath, CLI, '--config', configFile, ...(opts.args ?? [])];
+  const child = spawn(command[0] as string, command.slice(1), {
     env: { ...process.env, LOG_LEVEL: 'debug', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

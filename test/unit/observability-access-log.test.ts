@@ -3,7 +3,7 @@
  * early-answer shape, where lines go, and the exact byte counters.
  */
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import http, { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Socket } from 'node:net';
@@ -201,6 +201,47 @@ describe('the observer writes access lines', () => {
     expect(lines[0]).toMatchObject({ level: 'info', service: 'legate', msg: ACCESS_MESSAGE, route: 'api', status: 200 });
     expect(typeof lines[0]?.time).toBe('string');
     expect(main).toEqual([]);
+  });
+
+  // /dev/full takes the open and fails every write with ENOSPC, as a full disk does (a device: written asynchronously).
+  it.runIf(existsSync('/dev/full'))('reports a destination that refuses writes once, holds at most the bound, and closes it', async () => {
+    const main = new LogSink();
+    const access = createAccessLog(pino({ level: 'info' }, main), '/dev/full', { heldLimit: 16 * 1024 });
+    const errors = () => main.lines.filter((l) => l.level === 50);
+    // ~75 KiB of lines while the first batch's write is in flight: 16 KiB are held, the rest dropped.
+    for (let i = 0; i < 300; i++) access.write(accessLine(context(), 1_001));
+    await waitFor(() => (errors().length > 0 ? true : undefined), 'the failed write reported');
+    // More failures within the interval are counted, not reported.
+    for (let i = 0; i < 40; i++) access.write(accessLine(context(), 1_001));
+    await access.close();
+    expect(errors()).toEqual([
+      expect.objectContaining({ msg: expect.stringMatching(/^access log write failed/), accessLog: '/dev/full', err: expect.stringContaining('ENOSPC'), failedWrites: 1 }),
+      expect.objectContaining({ msg: 'access log closed while writes were failing; the lines it held are lost', accessLog: '/dev/full' }),
+    ]);
+    // Each report counts what happened since the one before it.
+    const counts = errors() as Array<{ failedWrites: number; droppedLines: number }>;
+    expect(counts[1]?.failedWrites).toBeGreaterThanOrEqual(1);
+    const dropped = counts.reduce((n, c) => n + c.droppedLines, 0);
+    expect(dropped).toBeGreaterThan(100);
+    expect(dropped).toBeLessThan(340);
+  });
+
+  it.runIf(existsSync('/dev/full'))('reports failing writes again once the interval has passed', async () => {
+    const main = new LogSink();
+    const access = createAccessLog(pino({ level: 'info' }, main), '/dev/full', { reportEveryMs: 0 });
+    cleanups.push(() => access.close());
+    const reports = () => main.lines.filter((l) => l.level === 50 && String(l.msg).startsWith('access log write failed')).length;
+    for (let round = 1; round <= 3; round++) {
+      for (let i = 0; i < 30; i++) access.write(accessLine(context(), 1_001));
+      await waitFor(() => (reports() >= round ? true : undefined), `report ${round}`);
+    }
+  });
+
+  it('refuses a file it cannot open, naming the file and why', () => {
+    const under = path.join(tempDir(), 'file');
+    writeFileSync(under, '');
+    const file = path.join(under, 'access.log');
+    expect(() => createAccessLog(pino({ level: 'info' }, new LogSink()), file)).toThrow(`accessLog: cannot open ${file}: ENOTDIR`);
   });
 });
 
