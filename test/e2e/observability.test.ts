@@ -231,11 +231,12 @@ describe('the CLI', () => {
     writeFileSync(configFile, `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccessLog: access.log\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
     const p = await cli('', { configFile, wrap: ['prlimit', `--fsize=${64 * 1024}`, '--'] });
     const failure = (l: Record<string, unknown>) => typeof l.msg === 'string' && l.msg.startsWith('access log write failed');
-    // Until the file is full: a batch goes out every ~8 KiB and at least every 250 ms.
+    // Until the file is full (~220 lines): a batch goes out every ~8 KiB and at least every 250 ms.
     const failed = await waitFor(async () => {
-      expect((await request({ port: p.proxyPort, path: '/before' })).status).toBe(200);
+      const sent = await Promise.all(Array.from({ length: 20 }, () => request({ port: p.proxyPort, path: '/before' })));
+      expect(sent.map((r) => r.status)).toEqual(Array(20).fill(200));
       return p.lines.find(failure);
-    }, 'the failed write reported');
+    }, 'the failed write reported', 20_000);
     expect(failed).toMatchObject({ level: 'error', accessLog: file, err: expect.stringContaining('EFBIG') });
     for (let i = 0; i < 20; i++) expect((await request({ port: p.proxyPort, path: `/during/${i}` })).status).toBe(200);
     // Made room, as logrotate's copytruncate does: the held lines and the new ones are written.
