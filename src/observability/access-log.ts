@@ -229,8 +229,9 @@ export function createAccessLog(logger: Logger, destination = 'stdout', opts: Ac
     close: async () => {
       batch.flush();
       await endDestination(stream);
-      // A file that refused its last lines is still open: close it, so nothing is left to flush at exit.
-      if (!(stream as { destroyed?: boolean }).destroyed) stream.destroy();
+      // A file that refused its last lines is still open: close it, so nothing is left to flush at exit
+      // (sonic-boom's destroy() does nothing on a destination end() already closed).
+      stream.destroy();
       failures.closed();
     },
   };
