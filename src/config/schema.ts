@@ -269,7 +269,11 @@ export const RoutesFile = strict(
       ),
     ),
     accessLog: Type.Optional(
-      Type.String({ minLength: 1, description: 'Where access lines go: "stdout" (default) or a file path.' }),
+      Type.String({
+        minLength: 1,
+        description:
+          'Where access lines go: "stdout" (default), "stderr", or a file path (appended, created with its directory; legate does not start if it cannot be opened).',
+      }),
     ),
     limits: Type.Optional(
       strict({
