@@ -38,6 +38,31 @@ const ERROR_CONDITION: Readonly<Record<string, string>> = {
   'upstream-tls-failure': 'tls-failure',
 };
 
+type Counter = Exclude<keyof CircuitBreaker.Bucket, 'percentiles' | 'latencyTimes'>;
+
+/**
+ * The breaker's rolling window, counting calls without keeping their run times.
+ *
+ * opossum's Status pushes every call's run time into the current bucket (for
+ * latency percentiles) even with `rollingPercentilesEnabled: false`: opossum
+ * 9.0.0 and 10.0.0, `lib/status.js` `increment`. legate reads only the counts.
+ * Those arrays, a number per try held for the whole window (10 s by default),
+ * were half of what legate promoted to V8's old space at a steady 1,000 req/s
+ * (`--trace-gc-nvp`: 43–51 → 24–27 KB per 1,000 requests), where only a
+ * mark-compact, a stall of 10–20 ms, frees them (docs/benchmarks.md, "The
+ * 16 KiB tail").
+ */
+function countsOnlyStatus(options: CircuitBreaker.StatusOptions): CircuitBreaker.Status {
+  const status = CircuitBreaker.newStatus(options);
+  Object.defineProperty(status, 'increment', {
+    value(property: Counter): void {
+      const current = status.window[0];
+      if (current !== undefined) current[property]++;
+    },
+  });
+  return status;
+}
+
 function statusFails(status: number, failOn: CircuitBreakerSettings['failOn']): boolean {
   for (const c of failOn) {
     if (c === status) return true;
@@ -60,6 +85,13 @@ export class EndpointBreaker {
   constructor(settings: CircuitBreakerSettings, onTransition: (from: BreakerState, to: BreakerState) => void) {
     this.#resetTimeoutMs = settings.resetTimeoutMs;
     const failOn = settings.failOn;
+    const window = {
+      rollingCountTimeout: settings.windowMs,
+      rollingCountBuckets: BUCKETS,
+      rotateBucketController: this.#rotate,
+      rollingPercentilesEnabled: false,
+      enableSnapshots: false,
+    };
     this.breaker = new CircuitBreaker<[ProxyRequest, Handler], UpstreamResponse>(
       async (req, next) => {
         const response = await next(req);
@@ -70,13 +102,10 @@ export class EndpointBreaker {
         // Deadlines are legate's own (deadline and per-try timeout); opossum's would leave the socket running.
         timeout: false,
         resetTimeout: settings.resetTimeoutMs,
-        rollingCountTimeout: settings.windowMs,
-        rollingCountBuckets: BUCKETS,
-        rotateBucketController: this.#rotate,
+        ...window,
+        status: countsOnlyStatus(window),
         // Never reached: a closed breaker is opened by #judge; opossum still reopens on a failed trial.
         volumeThreshold: Number.MAX_SAFE_INTEGER,
-        rollingPercentilesEnabled: false,
-        enableSnapshots: false,
         // True means "not a failure of the upstream": failures outside failOn, and tries that ended without
         // any word from it (the app hung up). Such a try cannot close a half-open breaker, though: it reopens.
         errorFilter: (err: unknown) => {

@@ -197,3 +197,17 @@ describe('volume counts finished tries', () => {
     await Promise.all(inFlight);
   });
 });
+
+describe('the rolling window', () => {
+  it("counts tries without keeping each one's run time (opossum keeps them even with percentiles off)", async () => {
+    const h = harness(POLICY);
+    await fireAll(h, [...Array.from({ length: 300 }, () => 200), 404, 500]);
+    const endpoint = h.route.balancer.endpoints[0];
+    if (endpoint === undefined) throw new Error('no endpoint');
+    const { breaker } = breakerFor(h.route, endpoint, { breakerTransition: () => undefined } as Pick<Observer, 'breakerTransition'> as Observer);
+    expect(breaker.stats.successes).toBe(301);
+    expect(breaker.stats.failures).toBe(1);
+    expect(breaker.stats.fires).toBe(302);
+    expect(breaker.status.window.map((b) => b.latencyTimes.length)).toEqual(Array.from({ length: 10 }, () => 0));
+  });
+});
