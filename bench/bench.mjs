@@ -51,6 +51,10 @@
  *                            the ones the Dockerfile's ENTRYPOINT starts legate with (always applied)
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
  *   BENCH_REDO_BUDGET=12     throughput runs disturbed by other work (>25% of the proxy's core) are re-run, this many at most
+ *   BENCH_STALLS=1           diagnosis, not measurement: preload bench/stall-probe.mjs into every legate process,
+ *                            list the latency runs' slow requests, and print what each proxy was doing during
+ *                            every burst of them (bench/lib/stalls.mjs); results go to <time>-stalls.json,
+ *                            docs and latest.json are left alone
  * With --profile it instead profiles one proxy under load (see profileMode at the end).
  *
  * Output: bench/results/<start time>.json (and latest.json), the tables on
@@ -71,6 +75,7 @@ import { fileURLToPath } from 'node:url';
 import { capture, childPids, coreBusySeconds, cpuSeconds, freePort, killAllNow, rssBytes, rssByMapping, start, stop, stopAll, tail, waitForPort } from './lib/procs.mjs';
 import { median, percentile, ratio, round } from './lib/stats.mjs';
 import { makeCerts } from './lib/certs.mjs';
+import { renderStalls, SLOW_MS, stallReport } from './lib/stalls.mjs';
 import { formatSummary, summarise } from './profile-summary.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -97,9 +102,16 @@ function imageNodeFlags() {
   return argv[0] === 'node' ? argv.slice(1, -1) : [];
 }
 
+const STALLS = env.BENCH_STALLS === '1';
+
 const S = {
   quick: QUICK,
-  legateNodeFlags: [...imageNodeFlags(), ...(env.BENCH_NODE_ARGS ? env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : [])],
+  stalls: STALLS,
+  legateNodeFlags: [
+    ...imageNodeFlags(),
+    ...(env.BENCH_NODE_ARGS ? env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : []),
+    ...(STALLS ? ['--import', path.join(ROOT, 'bench/stall-probe.mjs')] : []),
+  ],
   repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 3))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
@@ -174,6 +186,13 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
     log(`${sig}: stopping every process the bench started`);
     void stopAll().finally(() => process.exit(130));
   });
+}
+
+/** Where bench/stall-probe.mjs writes (BENCH_STALLS=1): inside the run's temp dir. */
+function stallDir() {
+  const dir = path.join(tmp, 'stalls');
+  mkdirSync(dir, { recursive: true });
+  return dir;
 }
 
 /** The run's temp dir: the one run.sh made (so it can remove it even if this process is killed), or a new one. */
@@ -371,6 +390,7 @@ async function startLegate(name, config, ctx, port, nodeArgs = [], cli = CLI) {
   const childEnv = { ...env };
   // The config decides the log level, not whoever ran the bench.
   delete childEnv.LOG_LEVEL;
+  if (STALLS) childEnv.BENCH_STALL_DIR = stallDir();
   // The image's Node flags, then BENCH_NODE_ARGS (e.g. --max-semi-space-size=4) to try runtime settings.
   const extra = S.legateNodeFlags;
   const proc = start(name, process.execPath, [...extra, ...nodeArgs, cli, '--config', file], { cpu: S.proxyCpu, log: path.join(tmp, `${name}.log`), cwd: ROOT, env: childEnv });
@@ -425,11 +445,12 @@ async function wrkRun(t, body, seconds, ctx) {
 }
 
 /** One open-loop run at S.rate against `t`; returns the generator's JSON (with samples). */
-async function openLoopRun(t, body, seconds, { warmup = 0.5, samples = true, window } = {}) {
+async function openLoopRun(t, body, seconds, { warmup = 0.5, samples = true, window, slow } = {}) {
   const args = [path.join(ROOT, 'bench/openloop.mjs'), '--url', `http://127.0.0.1:${t.port}${body.path}`,
     '--rate', String(S.rate), '--seconds', String(seconds), '--warmup', String(warmup), '--connections', String(S.latencyConnections)];
   if (samples) args.push('--samples');
   if (window !== undefined) args.push('--window', String(window));
+  if (slow !== undefined) args.push('--slow', String(slow));
   const pids = t.pids?.() ?? [];
   const c0 = cpuSeconds(pids);
   const b0 = coreBusySeconds(S.proxyCpu);
@@ -593,12 +614,17 @@ async function main() {
 
   // ---- open-loop latency
   const latencyRuns = {};
+  const slowRuns = [];
   // BENCH_LATENCY_SECONDS=0 skips the latency phase (quick A/B of throughput and CPU only).
   for (let r = 0; r < (S.latencySeconds > 0 ? S.repeats : 0); r++) {
     for (const b of BODIES) {
       const order = targets.map((_, i) => targets[(i + r) % targets.length]);
       for (const t of order) {
-        const m = await openLoopRun(t, b, S.latencySeconds);
+        const m = await openLoopRun(t, b, S.latencySeconds, { slow: STALLS ? SLOW_MS : undefined });
+        if (STALLS) {
+          slowRuns.push({ body: b.id, target: t.id, repeat: r + 1, pids: t.pids?.() ?? [], result: { startedAt: m.startedAt, slow: m.slow } });
+          delete m.slow;
+        }
         ((latencyRuns[b.id] ??= {})[t.id] ??= []).push(m);
         log(`latency ${r + 1}/${S.repeats} ${b.id.padEnd(5)} ${t.id.padEnd(12)} p50 ${m.latency.p50} p99 ${m.latency.p99} p99.9 ${m.latency.p999} ms` +
           (m.othersOnProxyCorePct > 5 ? `  (others used ${m.othersOnProxyCorePct}% of core ${S.proxyCpu})` : '') +
@@ -606,6 +632,9 @@ async function main() {
       }
     }
   }
+
+  const stalls = STALLS ? stallReport(slowRuns, stallDir()) : undefined;
+  if (stalls !== undefined) log(renderStalls(stalls));
 
   // ---- what legate's full chain actually did (so a chain that silently skips its work is visible)
   const legateChecks = {};
@@ -648,20 +677,21 @@ async function main() {
 
   // ---- assemble
   const results = assemble({ machine, startedAt, targets, failed, throughputRuns, latencyRuns, rssAfterLoad, legateChecks, idle, soak });
+  if (stalls !== undefined) results.stalls = stalls;
   const md = renderMarkdown(results);
   process.stdout.write('\n' + md + '\n');
 
   mkdirSync(RESULTS, { recursive: true });
   const stamp = startedAt.toISOString().replace(/[:]/g, '-').replace(/\.\d+Z$/, 'Z');
-  const file = path.join(RESULTS, `${stamp}${QUICK ? '-quick' : ''}.json`);
+  const file = path.join(RESULTS, `${stamp}${STALLS ? '-stalls' : QUICK ? '-quick' : ''}.json`);
   writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
   log(`results: ${path.relative(ROOT, file)}`);
-  if (!QUICK) {
+  if (!QUICK && !STALLS) {
     copyFileSync(file, path.join(RESULTS, 'latest.json'));
     writeDocs(md);
     log(`updated ${path.relative(ROOT, DOCS)} and bench/results/latest.json`);
   } else {
-    log('quick run: docs/benchmarks.md and latest.json left as they were');
+    log(`${STALLS ? 'stall diagnosis' : 'quick run'}: docs/benchmarks.md and latest.json left as they were`);
   }
   log(`done in ${Math.round((Date.now() - t0) / 1000)} s`);
 }

@@ -9,7 +9,7 @@
  *
  * Usage:
  *   node bench/openloop.mjs --url http://127.0.0.1:18080/small \
- *     [--rate 1000] [--seconds 5] [--warmup 1] [--connections 20] [--samples] [--window 10]
+ *     [--rate 1000] [--seconds 5] [--warmup 1] [--connections 20] [--samples] [--window 10] [--slow 8]
  *
  * Prints one JSON line: counts, and latency percentiles in ms —
  *   latency: completion − scheduled time (the number to report),
@@ -17,7 +17,9 @@
  *   late:    actual send − scheduled time (the generator's own precision).
  * The first --warmup seconds are sent but not counted. --samples adds the
  * counted latencies (µs, integers) so runs can be pooled; --window S adds
- * p50/p99 per S-second window (for soaks).
+ * p50/p99 per S-second window (for soaks); --slow MS adds every counted
+ * request slower than MS as [scheduled time (epoch ms), latency, lateness]
+ * (BENCH_STALLS=1 lines them up with what the proxy was doing).
  */
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
@@ -37,6 +39,7 @@ const { values } = parseArgs({
     timeout: { type: 'string', default: '10' },
     samples: { type: 'boolean', default: false },
     window: { type: 'string' },
+    slow: { type: 'string' },
   },
 });
 if (values.url === undefined) {
@@ -50,6 +53,9 @@ const warmup = Number(values.warmup);
 const connections = Number(values.connections);
 const timeoutMs = Number(values.timeout) * 1000;
 const windowS = values.window === undefined ? undefined : Number(values.window);
+const slowMs = values.slow === undefined ? undefined : Number(values.slow);
+/** At most this many slow requests are listed. */
+const SLOW_LIMIT = 5_000;
 
 const intervalMs = 1000 / rate;
 const skip = Math.round(rate * warmup);
@@ -165,6 +171,15 @@ function finish() {
       }
       const s = summary(w);
       out.windows.push({ fromS: (from - skip) / rate, p50: s.p50, p99: s.p99, max: s.max });
+    }
+  }
+  if (slowMs !== undefined) {
+    out.startedAt = startAbs + skip * intervalMs;
+    out.slow = [];
+    for (let i = skip; i < total && out.slow.length < SLOW_LIMIT; i++) {
+      const scheduled = startAbs + i * intervalMs;
+      const took = doneAt[i] - scheduled;
+      if (took > slowMs) out.slow.push([Math.round(scheduled * 10) / 10, Math.round(took * 10) / 10, Math.round((sentAt[i] - scheduled) * 10) / 10]);
     }
   }
   if (values.samples) out.samplesUs = latency.map((v) => Math.round(v * 1000));
