@@ -52,11 +52,14 @@ type Counter = Exclude<keyof CircuitBreaker.Bucket, 'percentiles' | 'latencyTime
  * mark-compact, a stall of 10–20 ms, frees them (docs/benchmarks.md, "The
  * 16 KiB tail").
  */
-function countsOnlyStatus(options: CircuitBreaker.StatusOptions): CircuitBreaker.Status {
+function countsOnlyStatus(options: CircuitBreaker.StatusOptions & { rotateBucketController: EventEmitter }): CircuitBreaker.Status {
   const status = CircuitBreaker.newStatus(options);
+  // The current bucket, looked up once per rotation (`window` copies the array): this listener runs after
+  // the Status's own, which put the new bucket first.
+  let current = status.window[0];
+  options.rotateBucketController.on('rotate', () => (current = status.window[0]));
   Object.defineProperty(status, 'increment', {
     value(property: Counter): void {
-      const current = status.window[0];
       if (current !== undefined) current[property]++;
     },
   });
