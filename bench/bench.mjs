@@ -47,6 +47,7 @@
  *                            NAME=FILE,NAME=FILE for several (targets candidate-NAME); FILE may be
  *                            followed by Node flags for that candidate alone ("NAME=FILE --flag")
  *   BENCH_CANDIDATE_CONFIG=full  the route the candidates are measured with: plain, full or mtls
+ *   BENCH_BARE_NODE_ARGS="..."  Node/V8 flags for bare http-proxy (none by default): does a flag help the floor too?
  *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4), after
  *                            the ones the Dockerfile's ENTRYPOINT starts legate with (always applied)
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
@@ -112,6 +113,7 @@ const S = {
     ...(env.BENCH_NODE_ARGS ? env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : []),
     ...(STALLS ? ['--import', path.join(ROOT, 'bench/stall-probe.mjs')] : []),
   ],
+  bareNodeFlags: env.BENCH_BARE_NODE_ARGS ? env.BENCH_BARE_NODE_ARGS.split(/\s+/).filter(Boolean) : [],
   repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 3))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
@@ -365,7 +367,7 @@ async function startTarget(def, ctx) {
   }
   if (def.kind === 'bare') {
     const p = start('bare-http-proxy', process.execPath,
-      [path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(t.port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
+      [...S.bareNodeFlags, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(t.port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
       { cpu: S.proxyCpu, log: logFile, cwd: ROOT });
     t.procs.push(p);
     await waitForPort(t.port, { proc: p });
@@ -742,7 +744,7 @@ async function idleMemory(ctx, which) {
     ({ proc } = await startLegate('legate-mem', 'full', ctx, port));
   } else {
     proc = start('bare-mem', process.execPath,
-      [path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
+      [...S.bareNodeFlags, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
       { cpu: S.proxyCpu, log: path.join(tmp, 'bare-mem.log'), cwd: ROOT });
     await waitForPort(port, { proc });
   }
@@ -1051,6 +1053,8 @@ function renderMarkdown(r) {
   L.push(`- pinning: upstream, load generator and harness on core ${r.settings.loadCpu ?? '(unpinned)'}, the proxy under test alone on core ${r.settings.proxyCpu ?? '(unpinned)'}`);
   const flags = r.settings.legateNodeFlags ?? [];
   L.push(`- legate's Node flags: ${flags.length === 0 ? 'none' : flags.map((f) => `\`${f}\``).join(' ')} (the Docker image's ENTRYPOINT, plus BENCH_NODE_ARGS)`);
+  const bareFlags = r.settings.bareNodeFlags ?? [];
+  L.push(`- bare http-proxy's Node flags: ${bareFlags.length === 0 ? 'none' : bareFlags.map((f) => `\`${f}\``).join(' ')} (BENCH_BARE_NODE_ARGS)`);
   L.push('');
   L.push('```sh');
   L.push(r.command);
@@ -1108,7 +1112,7 @@ async function profileMode() {
     ({ proc } = await startLegate(`${def.id}-profile`, def.config, ctx, port, profArgs, def.cli));
   } else {
     proc = start('bare-profile', process.execPath,
-      [...profArgs, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
+      [...S.bareNodeFlags, ...profArgs, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
       { cpu: S.proxyCpu, log: path.join(tmp, 'bare-profile.log'), cwd: ROOT });
     await waitForPort(port, { proc });
   }
