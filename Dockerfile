@@ -65,7 +65,11 @@ STOPSIGNAL SIGTERM
 # legate its code and compiler memory cost 10-17 MiB of RSS with 1,000 idle
 # connections (126-133 -> 116 MiB on Node 24.21) and bought no throughput in
 # `npm run bench` A/B runs; a sidecar runs in every pod, so memory wins.
-# docs/benchmarks.md "Memory" has the figures. Pass other Node flags with
-# NODE_OPTIONS (e.g. --max-semi-space-size=4 trades CPU for memory).
-ENTRYPOINT ["node", "--no-maglev", "/app/dist/cli.js"]
+# docs/benchmarks.md "Memory" has the figures.
+# --v8-pool-size=1: one V8 helper thread for concurrent GC and background
+# compilation instead of Node's default four. A sidecar gets a core or less;
+# four helpers there only take turns with the thread serving requests, and
+# each one keeps its own malloc arena after compiling undici's WebAssembly
+# parser (4-5 MiB of RSS in all). Pass other Node flags with NODE_OPTIONS.
+ENTRYPOINT ["node", "--no-maglev", "--v8-pool-size=1", "/app/dist/cli.js"]
 CMD ["--config", "/etc/legate/routes.yaml"]

@@ -464,6 +464,17 @@ describe('Dockerfile', () => {
     expect(run.status).toBe(0);
   });
 
+  it.runIf(existsSync('/proc/self/task'))("gives V8 one helper thread, not Node's default four", () => {
+    // A sidecar gets a core or less: docs/benchmarks.md "Memory" has what the three spare threads cost.
+    const threads = (flags: string[]): number => {
+      const run = spawnSync(process.execPath, [...flags, '-p', "require('node:fs').readdirSync('/proc/self/task').length"], { encoding: 'utf8' });
+      expect(run.status, run.stderr).toBe(0);
+      return Number(run.stdout.trim());
+    };
+    expect(entrypoint).toContain('--v8-pool-size=1');
+    expect(threads([])).toBe(threads(entrypoint.slice(1, -1)) + 3);
+  });
+
   it('uses the same config path as docker-compose and the Deployment', () => {
     const cmd = /^CMD (\[.*\])$/m.exec(runtime)?.[1];
     expect(configArg(JSON.parse(cmd ?? '[]') as string[])).toBe('/etc/legate/routes.yaml');
