@@ -70,6 +70,6 @@ STOPSIGNAL SIGTERM
 # compilation instead of Node's default four. A sidecar gets a core or less;
 # four helpers there only take turns with the thread serving requests, and
 # each one keeps its own malloc arena after compiling undici's WebAssembly
-# parser (4-5 MiB of RSS in all). Pass other Node flags with NODE_OPTIONS.
+# parser (3-5 MiB of RSS in all). Pass other Node flags with NODE_OPTIONS.
 ENTRYPOINT ["node", "--no-maglev", "--v8-pool-size=1", "/app/dist/cli.js"]
 CMD ["--config", "/etc/legate/routes.yaml"]

@@ -467,7 +467,10 @@ describe('Dockerfile', () => {
   it.runIf(existsSync('/proc/self/task'))("gives V8 one helper thread, not Node's default four", () => {
     // A sidecar gets a core or less: docs/benchmarks.md "Memory" has what the three spare threads cost.
     const threads = (flags: string[]): number => {
-      const run = spawnSync(process.execPath, [...flags, '-p', "require('node:fs').readdirSync('/proc/self/task').length"], { encoding: 'utf8' });
+      const run = spawnSync(process.execPath, [...flags, '-p', "require('node:fs').readdirSync('/proc/self/task').length"], {
+        encoding: 'utf8',
+        env: { ...process.env, NODE_OPTIONS: '' },
+      });
       expect(run.status, run.stderr).toBe(0);
       return Number(run.stdout.trim());
     };
