@@ -4,7 +4,7 @@
  * it ended: nothing here runs while bytes stream. Headers are never read
  * into a line, so credentials cannot reach it.
  */
-import { existsSync, fstatSync, mkdirSync, openSync } from 'node:fs';
+import { existsSync, fstatSync, lstatSync, mkdirSync, openSync, readlinkSync } from 'node:fs';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -282,11 +282,15 @@ function fileDestination(file: string, heldLimit: number): Destination {
  * where a parent exists but cannot hold the child, as under /proc or behind
  * a dangling symlink: the child's ENOENT sends it back to create the parent,
  * which exists, and round again (seen with Node 20 and 24). Here
- * each missing level is made once and the first failure is thrown.
+ * each missing level is made once and the first failure is thrown; a
+ * dangling symlink on the way is named as such (mkdir would say EEXIST).
  */
 function makeDirectory(dir: string): void {
   const missing: string[] = [];
   for (let d = dir; !existsSync(d); d = path.dirname(d)) {
+    if (lstatSync(d, { throwIfNoEntry: false })?.isSymbolicLink() === true) {
+      throw new Error(`${d} is a symbolic link to ${readlinkSync(d)}, which does not exist`);
+    }
     missing.push(d);
     if (path.dirname(d) === d) break;
   }

@@ -3,7 +3,7 @@
  * early-answer shape, where lines go, and the exact byte counters.
  */
 import { once } from 'node:events';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import http, { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Socket } from 'node:net';
@@ -242,6 +242,15 @@ describe('the observer writes access lines', () => {
     writeFileSync(under, '');
     const file = path.join(under, 'access.log');
     expect(() => createAccessLog(pino({ level: 'info' }, new LogSink()), file)).toThrow(`accessLog: cannot open ${file}: ENOTDIR`);
+  });
+
+  it('says so when a folder on the way is a symbolic link to nothing', () => {
+    const dir = tempDir();
+    symlinkSync(path.join(dir, 'gone'), path.join(dir, 'logs'));
+    const file = path.join(dir, 'logs', 'app', 'access.log');
+    expect(() => createAccessLog(pino({ level: 'info' }, new LogSink()), file)).toThrow(
+      `accessLog: cannot open ${file}: ${path.join(dir, 'logs')} is a symbolic link to ${path.join(dir, 'gone')}, which does not exist`,
+    );
   });
 });
 
