@@ -103,6 +103,9 @@ function imageNodeFlags() {
   return argv[0] === 'node' ? argv.slice(1, -1) : [];
 }
 
+/** Node flags from a BENCH_*_NODE_ARGS variable: words separated by spaces. */
+const nodeFlags = (v) => (v ? v.split(/\s+/).filter(Boolean) : []);
+
 const STALLS = env.BENCH_STALLS === '1';
 
 const S = {
@@ -110,10 +113,10 @@ const S = {
   stalls: STALLS,
   legateNodeFlags: [
     ...imageNodeFlags(),
-    ...(env.BENCH_NODE_ARGS ? env.BENCH_NODE_ARGS.split(/\s+/).filter(Boolean) : []),
+    ...nodeFlags(env.BENCH_NODE_ARGS),
     ...(STALLS ? ['--import', path.join(ROOT, 'bench/stall-probe.mjs')] : []),
   ],
-  bareNodeFlags: env.BENCH_BARE_NODE_ARGS ? env.BENCH_BARE_NODE_ARGS.split(/\s+/).filter(Boolean) : [],
+  bareNodeFlags: nodeFlags(env.BENCH_BARE_NODE_ARGS),
   repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 3))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
