@@ -625,13 +625,17 @@ async function main() {
     for (const b of BODIES) {
       const order = targets.map((_, i) => targets[(i + r) % targets.length]);
       for (const t of order) {
+        const gc0 = await markCompacts(t);
         const m = await openLoopRun(t, b, S.latencySeconds, { slow: STALLS ? SLOW_MS : undefined });
+        const gc1 = await markCompacts(t);
+        m.markCompacts = gc0 === null || gc1 === null ? null : gc1 - gc0;
         if (STALLS) {
           slowRuns.push({ body: b.id, target: t.id, repeat: r + 1, pids: t.pids?.() ?? [], result: { startedAt: m.startedAt, slow: m.slow } });
           delete m.slow;
         }
         ((latencyRuns[b.id] ??= {})[t.id] ??= []).push(m);
         log(`latency ${r + 1}/${S.repeats} ${b.id.padEnd(5)} ${t.id.padEnd(12)} p50 ${m.latency.p50} p99 ${m.latency.p99} p99.9 ${m.latency.p999} ms` +
+          (m.markCompacts > 0 ? `  (${m.markCompacts} mark-compact${m.markCompacts > 1 ? 's' : ''})` : '') +
           (m.othersOnProxyCorePct > 5 ? `  (others used ${m.othersOnProxyCorePct}% of core ${S.proxyCpu})` : '') +
           (m.errors + m.non2xx + m.unfinished > 0 ? `  ERRORS ${m.errors} non-2xx ${m.non2xx} unfinished ${m.unfinished}` : ''));
       }
@@ -720,6 +724,21 @@ async function waitForQuiet() {
       return;
     }
     if (Date.now() - began < 1_500) log(`machine busy (${busy.join('%, ')}% on cores ${cores.join(', ')}); waiting up to ${limit / 1000} s for it to calm down`);
+  }
+}
+
+/**
+ * Mark-compacts (V8's full collections, the 5-25 ms stalls of the 16 KiB tail) a legate process has run
+ * so far, from its own `legate_nodejs_gc_duration_seconds` metric; null for other targets or when the
+ * admin port does not answer.
+ */
+async function markCompacts(t) {
+  if (t.kind !== 'legate' || t.admin === undefined) return null;
+  try {
+    const m = /^legate_nodejs_gc_duration_seconds_count\{kind="major"\} (\d+)$/m.exec(await getText(t.admin, '/metrics'));
+    return m === null ? 0 : Number(m[1]);
+  } catch {
+    return null;
   }
 }
 
@@ -856,8 +875,11 @@ function assemble({ machine, startedAt, targets, failed, throughputRuns, latency
           // How late the generator itself sent (p99): the floor under every target's tail.
           lateP99: x.late.p99,
           othersOnProxyCorePct: x.othersOnProxyCorePct,
+          markCompacts: x.markCompacts ?? null,
         })),
         errors: runs.reduce((a, x) => a + x.errors + x.non2xx + x.unfinished, 0),
+        // legate targets only: V8 mark-compacts in the process during these runs (their stalls are the tail).
+        markCompacts: runs.length > 0 && runs.every((x) => typeof x.markCompacts === 'number') ? runs.reduce((a, x) => a + x.markCompacts, 0) : null,
       };
     }
     const d = latency[b.id].direct;
@@ -1002,6 +1024,12 @@ function renderMarkdown(r) {
     L.push('');
     L.push(`The generator itself sent its requests up to ${fmt(median(late), 1)} ms late at p99 (median of runs; it shares core 0 with the upstream), ` +
       `which is the floor under every p99 here. Others used a median ${fmt(median(noise))}% (max ${fmt(noise.length ? Math.max(...noise) : null)}%) of the proxy's core during these runs.`);
+    const gcs = ids.filter((id) => BODIES.every((b) => typeof r.latency[b.id][id]?.markCompacts === 'number'));
+    if (gcs.length > 0) {
+      L.push('');
+      L.push(`V8 mark-compacts in the legate processes during these runs (each a stall of 5–25 ms here; the process's own \`legate_nodejs_gc_duration_seconds\`), small / 16 KiB, all repeats: ` +
+        gcs.map((id) => `${label(id)} ${BODIES.map((b) => r.latency[b.id][id].markCompacts).join(' / ')}`).join('; ') + '.');
+    }
   }
   L.push('');
   L.push('### Memory (RSS; a fresh process for each measurement)');
