@@ -9,6 +9,7 @@ import { composeChain } from './chain.js';
 import { formatIssue, loadConfigText } from './config/load.js';
 import type { HostPort, LegateConfig, RouteSettings } from './config/model.js';
 import { createForwarder, type Forwarder } from './layers/forward.js';
+import { hasHeaderRules, headerRulesOf } from './layers/header-rules.js';
 import type { Logger } from './observability/logger.js';
 import { createObserver, type Observer } from './observability/observer.js';
 import { TlsAgents } from './tls/tls-agents.js';
@@ -296,6 +297,20 @@ export class LegateApp {
       this.logger.warn({ keys: restartOnly }, `changed ${restartOnly.join(', ')} takes effect on restart`);
     }
     return { ok: true, errors: [] };
+  }
+
+  /**
+   * Re-reads now the files the current routes use besides routes.yaml: TLS
+   * certificates and keys, and `${file:}` header values (SIGHUP, as nginx
+   * re-reads its certificates on HUP). Their watchers do this on their own
+   * within a second or two; this is for a filesystem whose events do not
+   * reach legate, or an operator who wants it applied before the next poll.
+   * Only files whose content changed are applied, with the same checks and
+   * log lines as a change the watchers find.
+   */
+  refreshFiles(): void {
+    this.#tls.check();
+    for (const route of this.#generation.routes) if (hasHeaderRules(route.settings)) headerRulesOf(route).check();
   }
 
   /**

@@ -26,7 +26,7 @@ URL may be a path (/payments/charge), a URL on the proxy itself
 (http://localhost:15001/payments/charge) or any other absolute URL, which is
 read as an HTTP_PROXY-style request for that host.
 
-Signals: SIGHUP reloads the config; SIGTERM/SIGINT drain and stop (twice: at once).
+Signals: SIGHUP reloads the config and re-reads certificates and header value files; SIGTERM/SIGINT drain and stop (twice: at once).
 Docs: README.md`;
 
 function version(): string {
@@ -100,6 +100,7 @@ async function run(file: string): Promise<number> {
   process.on('SIGHUP', () => {
     if (!started) return; // The file is being loaded as it is now.
     logger.info({ file }, 'SIGHUP: reloading config');
+    app.refreshFiles();
     app.reloadText(readFileSync(absolute, 'utf8'), file).catch((e: unknown) => {
       logger.error({ err: (e as Error).message, file }, 'config reload rejected; the previous config keeps serving');
     });

@@ -6,6 +6,7 @@
  * found nowhere in stdout, stderr or /config.
  */
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
+import type { OutgoingHttpHeaders } from 'node:http';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
@@ -143,5 +144,37 @@ routes:
       8_000,
     );
     expect(JSON.stringify(legate.logs.lines)).not.toMatch(/kept-token|next-token/);
+  });
+
+  it('re-reads a changed value file at once when asked (SIGHUP), ahead of its watcher', async () => {
+    const up = await upstream();
+    const dir = tempDir();
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, 'old-token\n');
+    const legate = await startApp(
+      `listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+routes:
+  - name: billing
+    upstream: ${up.url}
+    retry: { retries: 0 }
+    headers:
+      request:
+        set: { authorization: "Bearer \${file:./token}" }
+`,
+      path.join(dir, 'routes.yaml'),
+    );
+    defer(() => legate.stop());
+    const route = legate.app.current().routes[0];
+    if (route === undefined) throw new Error('route');
+    writeFileSync(tokenFile, 'new-token\n');
+    legate.app.refreshFiles();
+    // Read in the same synchronous stretch as the call: no watcher callback can have run in between.
+    const headers: OutgoingHttpHeaders = {};
+    headerRulesOf(route).applyToRequest(headers);
+    expect(headers.authorization).toBe('Bearer new-token');
+    expect(legate.logs.lines.some((l) => l.msg === 'header value file changed; the new value is used from the next request')).toBe(true);
+    expect((await request({ port: legate.proxyPort, path: '/' })).status).toBe(200);
+    expect(up.seen.at(-1)?.headers.authorization).toBe('Bearer new-token');
   });
 });

@@ -286,6 +286,18 @@ describe('rotation without restart, while a client keeps calling', () => {
     expect(logs).not.toContain(keyBody(pki.clientB));
   });
 
+  it('SIGHUP\'s re-read applies a rotation at once, ahead of the watcher', async () => {
+    const up = await upstreamWith();
+    const pair = installPair(tempDir(), pki.clientA, 'rename');
+    const app = await legate([{ upstream: up.url, tls: { ca: pki.ca.cert, cert: pair.cert, key: pair.key } }]);
+    expect(cnOf(await get(app))).toBe('client-a');
+    pair.rotate(pki.clientB);
+    app.app.refreshFiles();
+    // Looked at in the same synchronous stretch as the call: the watcher cannot have run in between.
+    expect(app.logs.lines.find((l) => l.msg === 'certificate reloaded' && l.subject === 'CN=client-b')).toMatchObject({ file: pair.cert });
+    expect(cnOf(await get(app))).toBe('client-b');
+  });
+
   it('a half-written pair does not break traffic: the old pair serves until the new one is consistent', async () => {
     const up = await upstreamWith();
     const pair = installPair(tempDir(), pki.clientA, 'rename');
