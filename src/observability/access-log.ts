@@ -13,7 +13,7 @@ import type { RequestContext } from '../proxy/context.js';
 import type { TryRecord } from '../proxy/types.js';
 import type { EarlyOutcome } from '../server/proxy-listener.js';
 import { accessJson, frameOf } from './access-json.js';
-import { endDestination, loggerOptions, streamOf, type Destination, type Logger } from './logger.js';
+import { countLines, endDestination, loggerOptions, streamOf, type Destination, type Logger } from './logger.js';
 
 /**
  * The fields of an access line, beside pino's `level`, `time` and `msg`, in
@@ -329,9 +329,7 @@ class WriteFailures {
   }
 
   dropped(text: string): void {
-    let lines = 0;
-    for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) lines++;
-    this.#droppedLines += lines;
+    this.#droppedLines += countLines(text);
   }
 
   succeeded(): void {

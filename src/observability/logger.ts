@@ -14,6 +14,23 @@ export interface LoggerOptions {
   /** Defaults to stdout; tests pass a stream. */
   destination?: pino.DestinationStream;
   pretty?: boolean;
+  /** For tests: bytes of lines held while stdout takes no writes (HELD_WHILE_BLOCKED). */
+  heldLimit?: number;
+}
+
+/**
+ * Bytes of log lines held in memory while stdout takes no writes (a log
+ * collector that stopped reading the container's output). Past it lines are
+ * dropped and counted, so a stuck pipe costs log lines, not the pod's memory.
+ * Access lines to stdout (the default) share this destination and its bound.
+ */
+export const HELD_WHILE_BLOCKED = 16 * 1024 * 1024;
+
+/** The lines in a chunk of log text. */
+export function countLines(text: string): number {
+  let lines = 0;
+  for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) lines++;
+  return lines;
 }
 
 let timeMs = -1;
@@ -80,10 +97,30 @@ export function createLogger(opts: LoggerOptions): Logger {
     };
     return pino({ ...base, transport: { target: 'pino-pretty', options } });
   }
-  const destination = pino.destination({ dest: 1, sync: false });
+  const heldLimit = opts.heldLimit ?? HELD_WHILE_BLOCKED;
+  const destination = pino.destination({ dest: 1, sync: false, maxLength: heldLimit });
   const logger = pino(base, destination);
   owned.set(logger, destination);
+  reportDrops(logger, destination, heldLimit);
   return logger;
+}
+
+/**
+ * Counts what a full destination drops, and says so once it has written out
+ * everything it held ('drain'): any sooner and the report itself could find
+ * the destination still full.
+ */
+function reportDrops(logger: Logger, destination: Destination, heldLimit: number): void {
+  let dropped = 0;
+  destination.on('drop', (text: string) => {
+    dropped += countLines(text);
+  });
+  destination.on('drain', () => {
+    if (dropped === 0) return;
+    const droppedLines = dropped;
+    dropped = 0;
+    logger.warn({ droppedLines, heldLimit }, 'stdout took no log lines for a while; lines past the held limit were dropped');
+  });
 }
 
 /**

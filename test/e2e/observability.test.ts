@@ -3,12 +3,14 @@
  * log lines read as JSON and `/metrics` read by a strict exposition parser;
  * credentials sent both ways searched for in everything the process printed.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
-import { tempDir, waitFor, type InProcess } from '../helpers/legate.js';
+import { ROOT, tempDir, waitFor, type InProcess } from '../helpers/legate.js';
 import { parsePrometheusText, sampleValue, type MetricFamily } from '../helpers/prom.js';
 import { testScope } from '../helpers/scope.js';
 import { deadPort, echo, type Upstream, type UpstreamHandler } from '../helpers/upstream.js';
@@ -256,5 +258,42 @@ describe('the CLI', () => {
       });
     expect(written.filter((l) => l.path.startsWith('/during/')).length).toBe(20);
     expect(written.filter((l) => l.path === '/after').map((l) => l.requestId)).toEqual(['after-0', 'after-1', 'after-2', 'after-3', 'after-4']);
+  });
+});
+
+describe('stdout that takes no writes', () => {
+  it('holds log lines up to a bound, drops the rest in order, and says how many once stdout reads again', async () => {
+    // legate's own logger in a process of its own, its stdout a real pipe this test does not read at
+    // first: a log collector that stopped. 20,000 lines (~1.3 MB) against a 64 KiB bound.
+    const logger = pathToFileURL(path.join(ROOT, 'dist/observability/logger.js')).href;
+    const code = `
+      import { createLogger } from ${JSON.stringify(logger)};
+      const logger = createLogger({ level: 'info', pretty: false, heldLimit: 64 * 1024 });
+      for (let i = 0; i < 20000; i++) logger.info({ i }, 'filler');
+      process.stderr.write('logged\\n');
+      process.stdin.resume();
+      process.stdin.on('end', () => process.exit(0));
+    `;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['pipe', 'pipe', 'pipe'] });
+    scope.defer(() => Promise.resolve(child.kill('SIGKILL')));
+    child.stdout.pause();
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    await waitFor(() => (err.includes('logged') ? true : undefined), 'the child to log its lines', 10_000);
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stdout.resume();
+    await waitFor(() => (out.includes('"droppedLines"') ? true : undefined), 'the line saying what was dropped', 10_000);
+    child.stdin.end();
+    await once(child, 'exit');
+    const lines = out.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; i?: number; droppedLines?: number; level: string });
+    const filler = lines.filter((l) => l.msg === 'filler');
+    const report = lines.find((l) => l.droppedLines !== undefined);
+    expect(filler.length).toBeGreaterThan(0);
+    expect(filler.length).toBeLessThan(20_000);
+    // The first lines are kept, whole and in order; the later ones are the ones dropped, and counted.
+    expect(filler.every((l, n) => l.i === n)).toBe(true);
+    expect(report).toMatchObject({ level: 'warn', heldLimit: 64 * 1024 });
+    expect(filler.length + (report?.droppedLines ?? 0)).toBe(20_000);
   });
 });
