@@ -35,7 +35,8 @@ function version(): string {
 }
 
 async function validate(file: string): Promise<number> {
-  const result = await loadConfigFile(file);
+  // Checked as the start would find it, which opens the access log (as `nginx -t` opens its logs).
+  const result = await loadConfigFile(file, { probeAccessLog: true });
   if (!result.ok) {
     for (const issue of result.issues) process.stderr.write(formatIssue(issue) + '\n');
     process.stderr.write(`${file}: ${result.issues.length} error${result.issues.length === 1 ? '' : 's'}\n`);

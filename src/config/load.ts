@@ -16,20 +16,25 @@ export type LoadResult =
   | { readonly ok: true; readonly config: LegateConfig; readonly warnings: string[] }
   | { readonly ok: false; readonly issues: ConfigIssue[] };
 
+export interface LoadOptions {
+  /** Also check the access log file could be opened for appending (`legate validate`). */
+  readonly probeAccessLog?: boolean;
+}
+
 /**
  * Reads and loads a config file. An unreadable file is one issue at 1:1
  * with path `(file)`. Never throws for bad input.
  *
  * @param file the path as the user gave it; issues show it unchanged.
  */
-export async function loadConfigFile(file: string): Promise<LoadResult> {
+export async function loadConfigFile(file: string, opts: LoadOptions = {}): Promise<LoadResult> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
     return { ok: false, issues: [{ file, line: 1, col: 1, path: '(file)', message: `cannot read the config file: ${errorText(err)}` }] };
   }
-  return loadConfigText(text, file);
+  return loadConfigText(text, file, opts);
 }
 
 /**
@@ -38,11 +43,11 @@ export async function loadConfigFile(file: string): Promise<LoadResult> {
  * Certificate files named in it are read synchronously. Never throws for
  * bad input.
  */
-export function loadConfigText(text: string, file: string): LoadResult {
+export function loadConfigText(text: string, file: string, opts: LoadOptions = {}): LoadResult {
   try {
     const checked = validateRoutesText(text, file);
     if (!checked.ok) return checked;
-    return normalise(checked.value, { file, path: resolve(file), locator: checked.locator });
+    return normalise(checked.value, { file, path: resolve(file), locator: checked.locator, probeAccessLog: opts.probeAccessLog === true });
   } catch (err) {
     // A bug here must not take down a running proxy on reload: report it like any other problem.
     return { ok: false, issues: [{ file, line: 1, col: 1, path: '(internal)', message: `internal error while loading: ${errorText(err)}` }] };

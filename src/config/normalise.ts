@@ -4,6 +4,7 @@
  * a schema cannot express (uniqueness, cross-field rules, certificate files).
  */
 import { isProtectedHeader } from '../layers/header-rules.js';
+import { appendProblem } from '../runtime/files.js';
 import { templateProblem } from '../runtime/secret-values.js';
 import { X509Certificate, createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -108,6 +109,13 @@ export interface NormaliseOptions {
   readonly path?: string;
   /** Positions for issues; everything is at 1:1 without one. */
   readonly locator?: SourceLocator;
+  /**
+   * Also check that the `accessLog` file could be opened for appending
+   * (`legate validate`, as `nginx -t` opens its logs). Not on start, which
+   * opens it and says why it cannot, nor on reload, which keeps the file it
+   * has.
+   */
+  readonly probeAccessLog?: boolean;
 }
 
 /** A runnable config and its warnings, or every semantic error found. */
@@ -168,8 +176,12 @@ class Normaliser {
     this.checkUniqueNames(input.routes);
     this.checkListeners(listen, admin, routes);
 
-    if (this.issues.length > 0) return { ok: false, issues: sortIssues(this.issues) };
     const accessLog = input.accessLog ?? BUILTIN_DEFAULTS.accessLog;
+    if (this.options.probeAccessLog === true && accessLog !== 'stdout' && accessLog !== 'stderr') {
+      const problem = appendProblem(this.path(accessLog));
+      if (problem !== undefined) this.issue(['accessLog'], 'value', `cannot be opened for appending: ${problem}`);
+    }
+    if (this.issues.length > 0) return { ok: false, issues: sortIssues(this.issues) };
     const config: LegateConfig = {
       file: this.options.path ?? '',
       listen,

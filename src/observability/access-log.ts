@@ -4,13 +4,14 @@
  * it ended: nothing here runs while bytes stream. Headers are never read
  * into a line, so credentials cannot reach it.
  */
-import { existsSync, fstatSync, lstatSync, mkdirSync, openSync, readlinkSync } from 'node:fs';
+import { fstatSync, mkdirSync, openSync } from 'node:fs';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import pino from 'pino';
 import type { RequestContext } from '../proxy/context.js';
 import type { TryRecord } from '../proxy/types.js';
+import { missingDirectories } from '../runtime/files.js';
 import type { EarlyOutcome } from '../server/proxy-listener.js';
 import { accessJson, frameOf } from './access-json.js';
 import { countLines, endDestination, loggerOptions, streamOf, type Destination, type Logger } from './logger.js';
@@ -286,15 +287,7 @@ function fileDestination(file: string, heldLimit: number): Destination {
  * dangling symlink on the way is named as such (mkdir would say EEXIST).
  */
 function makeDirectory(dir: string): void {
-  const missing: string[] = [];
-  for (let d = dir; !existsSync(d); d = path.dirname(d)) {
-    if (lstatSync(d, { throwIfNoEntry: false })?.isSymbolicLink() === true) {
-      throw new Error(`${d} is a symbolic link to ${readlinkSync(d)}, which does not exist`);
-    }
-    missing.push(d);
-    if (path.dirname(d) === d) break;
-  }
-  for (let i = missing.length - 1; i >= 0; i--) mkdirSync(missing[i] as string);
+  for (const d of missingDirectories(dir)) mkdirSync(d);
 }
 
 /**

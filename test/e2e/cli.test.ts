@@ -3,7 +3,7 @@
  * and hot reload in each of the ways a config file changes in real life.
  */
 import { execFile } from 'node:child_process';
-import { mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -64,6 +64,36 @@ describe('legate CLI', () => {
     const lines = r.stderr.trim().split('\n');
     expect(lines).toContain(`${file}:5:16 routes[0].retry.retries: must be an integer >= 0, got "three"`);
     expect(lines.some((l) => l.startsWith(`${file}:8:5 routes[1].timout: unknown key; did you mean "timeout"?`))).toBe(true);
+  });
+
+  it('says when the access log could not be opened, as a start would find it, and creates nothing', async () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'routes.yaml');
+    mkdirSync(path.join(dir, 'a-directory'));
+    symlinkSync(path.join(dir, 'gone'), path.join(dir, 'logs'));
+    writeFileSync(path.join(dir, 'a-file'), 'x');
+    const withLog = (accessLog: string): string => `accessLog: ${accessLog}\nroutes:\n  - name: a\n    upstream: http://127.0.0.1:9\n`;
+    // [accessLog, what validate says, what the start that fails on it says]
+    const cases: [string, string, string][] = [
+      ['./a-directory', `${path.join(dir, 'a-directory')} is a directory`, `EISDIR: illegal operation on a directory, open '${path.join(dir, 'a-directory')}'`],
+      ['./logs/access.log', `${path.join(dir, 'logs')} is a symbolic link to ${path.join(dir, 'gone')}, which does not exist`, 'which does not exist'],
+      ['./a-file/access.log', `ENOTDIR: not a directory, stat '${path.join(dir, 'a-file', '')}`, 'ENOTDIR: not a directory'],
+    ];
+    for (const [accessLog, problem, atStart] of cases) {
+      writeFileSync(file, withLog(accessLog));
+      const r = await cli('validate', file);
+      expect(r.code, accessLog).toBe(1);
+      expect(r.stderr).toContain(`${file}:1:12 accessLog: cannot be opened for appending: ${problem}`);
+      const started = await cli('--config', file);
+      expect(started.code, accessLog).toBe(1);
+      expect(started.stdout + started.stderr).toContain(atStart);
+    }
+    // A file that does not exist yet, in directories that do not either, is fine: a start makes them.
+    writeFileSync(file, withLog('./new/deeper/access.log'));
+    const r = await cli('validate', file);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(existsSync(path.join(dir, 'new'))).toBe(false);
   });
 
   it('explains which route takes a request, where it goes and its policy — or why no route does', async () => {
