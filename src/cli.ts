@@ -101,7 +101,12 @@ async function run(file: string): Promise<number> {
   process.on('SIGHUP', () => {
     if (!started) return; // The file is being loaded as it is now.
     logger.info({ file }, 'SIGHUP: reloading config');
-    app.refreshFiles();
+    try {
+      app.refreshFiles();
+    } catch (e) {
+      // The watchers run the same checks; a failure here must not take the proxy down with the signal.
+      logger.error({ err: (e as Error).message }, 'SIGHUP: re-reading certificates and header value files failed');
+    }
     app.reloadText(readFileSync(absolute, 'utf8'), file).catch((e: unknown) => {
       logger.error({ err: (e as Error).message, file }, 'config reload rejected; the previous config keeps serving');
     });

@@ -54,8 +54,8 @@ function jsonString(s: string): string {
  * young. `'' + n` goes through V8's number-to-string cache, which allocates
  * each new string straight in the old generation (Node 20 and 24 alike):
  * durations are a new value in every line, so each cost ~28 bytes of old
- * generation, 50–60 of the 80–95 bytes by which a request through the full
- * chain grew it, and a full old generation is a mark-compact, a 13–25 ms
+ * generation, most of the 78–95 bytes by which a request through the full
+ * chain grew it (22–37 since), and a full old generation is a mark-compact, a 13–25 ms
  * stall under load here (docs/benchmarks.md, "The 16 KiB tail").
  * `JSON.stringify` writes the same digits (both are ECMAScript's
  * Number::toString) without the cache.
