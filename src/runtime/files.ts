@@ -3,8 +3,23 @@
  * file, and what would keep it from being opened, found without creating or
  * changing anything, so `legate validate` can say it before a start fails.
  */
-import { accessSync, constants, lstatSync, readlinkSync, statSync } from 'node:fs';
+import { accessSync, constants, lstatSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import path from 'node:path';
+
+/**
+ * `stat`, or undefined where nothing is: ENOENT, and ENOTDIR (a file where
+ * a directory should be on the way), which Node 24's `throwIfNoEntry`
+ * covers and Node 20's throws.
+ */
+function statOf(p: string): Stats | undefined {
+  try {
+    return statSync(p);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw e;
+  }
+}
 
 /**
  * The directories `mkdir -p dir` would make, the outermost first; [] when
@@ -13,7 +28,7 @@ import path from 'node:path';
  */
 export function missingDirectories(dir: string): string[] {
   const missing: string[] = [];
-  for (let d = dir; statSync(d, { throwIfNoEntry: false }) === undefined; d = path.dirname(d)) {
+  for (let d = dir; statOf(d) === undefined; d = path.dirname(d)) {
     if (lstatSync(d, { throwIfNoEntry: false })?.isSymbolicLink() === true) {
       throw new Error(`${d} is a symbolic link to ${readlinkSync(d)}, which does not exist`);
     }
@@ -31,7 +46,7 @@ export function missingDirectories(dir: string): string[] {
  */
 export function appendProblem(file: string): string | undefined {
   try {
-    const st = statSync(file, { throwIfNoEntry: false });
+    const st = statOf(file);
     if (st !== undefined) {
       if (st.isDirectory()) return `${file} is a directory`;
       accessSync(file, constants.W_OK);

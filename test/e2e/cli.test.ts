@@ -77,7 +77,7 @@ describe('legate CLI', () => {
     const cases: [string, string, string][] = [
       ['./a-directory', `${path.join(dir, 'a-directory')} is a directory`, `EISDIR: illegal operation on a directory, open '${path.join(dir, 'a-directory')}'`],
       ['./logs/access.log', `${path.join(dir, 'logs')} is a symbolic link to ${path.join(dir, 'gone')}, which does not exist`, 'which does not exist'],
-      ['./a-file/access.log', `ENOTDIR: not a directory, stat '${path.join(dir, 'a-file', '')}`, 'ENOTDIR: not a directory'],
+      ['./a-file/access.log', `${path.join(dir, 'a-file')} is not a directory`, 'ENOTDIR: not a directory'],
     ];
     for (const [accessLog, problem, atStart] of cases) {
       writeFileSync(file, withLog(accessLog));
