@@ -1,9 +1,10 @@
 /**
  * Reads the app's control headers (SPEC §4) into the request's policy. They
  * were already removed from what is forwarded; here they are validated (a bad
- * one is a 400 naming it, before anything is sent) and applied. The Envoy
- * request headers are read with Envoy's meaning, so an app written for an
- * Envoy sidecar works unchanged; x-legate-* wins when both are sent.
+ * x-legate-* one is a 400 naming it, before anything is sent) and applied.
+ * The Envoy request headers are read with Envoy's meaning, so an app written
+ * for an Envoy sidecar works unchanged: a value Envoy could not parse is
+ * ignored, as Envoy ignores it. x-legate-* wins when both are sent.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { OptOut } from '../config/schema.js';
@@ -36,23 +37,50 @@ function single(headers: IncomingHttpHeaders, name: string): string | undefined 
   return Array.isArray(v) ? v.join(',') : v;
 }
 
-function nonNegativeInt(name: string, raw: string, min: number): number {
+/** A decimal integer of at most 15 digits (surrounding spaces allowed), or undefined. */
+function parseCount(raw: string): number | undefined {
   const v = raw.trim();
-  if (!/^\d{1,15}$/.test(v)) {
+  return /^\d{1,15}$/.test(v) ? Number(v) : undefined;
+}
+
+function nonNegativeInt(name: string, raw: string, min: number): number {
+  const n = parseCount(raw);
+  if (n === undefined) {
     throw new BadControlHeaderError(name, `must be an integer >= ${min} of at most 15 digits, got ${JSON.stringify(raw.slice(0, 40))}`);
   }
-  const n = Number(v);
   if (n < min) throw new BadControlHeaderError(name, `must be an integer >= ${min}, got ${n}`);
   return n;
 }
 
-function list(name: string, raw: string): string[] {
-  const items = raw
+/**
+ * An Envoy header's number, or undefined when it is not one: Envoy ignores
+ * a value it cannot parse (absl::SimpleAtoi fails and the route's setting
+ * stands; only a router with `strict_check_headers` answers 400), so an app
+ * written for an Envoy sidecar that sends one gets the same from legate.
+ */
+function envoyCount(headers: IncomingHttpHeaders, name: string): number | undefined {
+  const raw = single(headers, name);
+  return raw === undefined ? undefined : parseCount(raw);
+}
+
+/** The entries of a comma-separated header, trimmed and lower-cased. */
+function entries(raw: string): string[] {
+  return raw
     .split(',')
     .map((s) => s.trim().toLowerCase())
     .filter((s) => s !== '');
+}
+
+function list(name: string, raw: string): string[] {
+  const items = entries(raw);
   if (items.length > MAX_LIST) throw new BadControlHeaderError(name, `lists at most ${MAX_LIST} entries, got ${items.length}`);
   return items;
+}
+
+/** x-envoy-retry-on's names; undefined for a list longer than any policy (ignored, not refused). */
+function envoyList(raw: string): string[] | undefined {
+  const items = entries(raw);
+  return items.length > MAX_LIST ? undefined : items;
 }
 
 function retryOn(name: string, raw: string): Array<string | number> {
@@ -76,11 +104,12 @@ export function applyControlHeaders(
   policy: RequestPolicy,
   route: { readonly maxFromHeader: number; readonly optOut: ReadonlySet<OptOut> },
 ): void {
-  const envoyRetries = single(headers, 'x-envoy-max-retries');
   const retries = single(headers, 'x-legate-max-retries');
-  if (retries !== undefined || envoyRetries !== undefined) {
-    const name = retries !== undefined ? 'x-legate-max-retries' : 'x-envoy-max-retries';
-    policy.retries = Math.min(nonNegativeInt(name, (retries ?? envoyRetries) as string, 0), route.maxFromHeader);
+  if (retries !== undefined) {
+    policy.retries = Math.min(nonNegativeInt('x-legate-max-retries', retries, 0), route.maxFromHeader);
+  } else {
+    const envoy = envoyCount(headers, 'x-envoy-max-retries');
+    if (envoy !== undefined) policy.retries = Math.min(envoy, route.maxFromHeader);
   }
 
   const on = single(headers, 'x-legate-retry-on');
@@ -88,29 +117,27 @@ export function applyControlHeaders(
     policy.retryOn = retryOn('x-legate-retry-on', on);
   } else {
     const envoyOn = single(headers, 'x-envoy-retry-on');
-    if (envoyOn !== undefined) {
-      const mapped = list('x-envoy-retry-on', envoyOn).flatMap((i) => ENVOY_RETRY_ON[i] ?? []);
-      policy.retryOn = [...new Set(mapped)];
-    }
+    // Names legate cannot honour are ignored, as Envoy ignores unknown ones; a list too long to be a
+    // policy is ignored whole, as a value Envoy cannot parse would be.
+    const items = envoyOn === undefined ? undefined : envoyList(envoyOn);
+    if (items !== undefined) policy.retryOn = [...new Set(items.flatMap((i) => ENVOY_RETRY_ON[i] ?? []))];
   }
 
   const timeout = single(headers, 'x-legate-timeout-ms');
   if (timeout !== undefined) {
     policy.timeoutMs = Math.min(nonNegativeInt('x-legate-timeout-ms', timeout, 1), MAX_MS);
   } else {
-    const envoy = single(headers, 'x-envoy-upstream-rq-timeout-ms');
     // Envoy: 0 disables the timeout.
-    if (envoy !== undefined) policy.timeoutMs = Math.min(nonNegativeInt('x-envoy-upstream-rq-timeout-ms', envoy, 0), MAX_MS);
+    const envoy = envoyCount(headers, 'x-envoy-upstream-rq-timeout-ms');
+    if (envoy !== undefined) policy.timeoutMs = Math.min(envoy, MAX_MS);
   }
 
   const perTry = single(headers, 'x-legate-per-try-timeout-ms');
   if (perTry !== undefined) {
     policy.perTryTimeoutMs = Math.min(nonNegativeInt('x-legate-per-try-timeout-ms', perTry, 1), MAX_MS);
   } else {
-    const envoy = single(headers, 'x-envoy-upstream-rq-per-try-timeout-ms');
-    if (envoy !== undefined) {
-      policy.perTryTimeoutMs = Math.min(nonNegativeInt('x-envoy-upstream-rq-per-try-timeout-ms', envoy, 0), MAX_MS);
-    }
+    const envoy = envoyCount(headers, 'x-envoy-upstream-rq-per-try-timeout-ms');
+    if (envoy !== undefined) policy.perTryTimeoutMs = Math.min(envoy, MAX_MS);
   }
 
   const optOut = single(headers, 'x-legate-opt-out');

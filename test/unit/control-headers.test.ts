@@ -112,10 +112,6 @@ describe('applyControlHeaders: malformed values name the header', () => {
     ['x-legate-per-try-timeout-ms', '0'],
     ['x-legate-opt-out', 'teleport'],
     ['x-legate-opt-out', 'retry,everything'],
-    ['x-envoy-max-retries', 'abc'],
-    ['x-envoy-upstream-rq-timeout-ms', '-1'],
-    ['x-envoy-upstream-rq-per-try-timeout-ms', 'soon'],
-    ['x-envoy-retry-on', huge],
   ];
   // Labelled by a prefix: the 10,000-entry list would swamp the report.
   it.each(cases.map(([name, value]) => [name, value.length > 20 ? `${value.slice(0, 12)}… (${value.length} chars)` : value, value]))('%s: %s', (name, _label, value) => {
@@ -126,6 +122,28 @@ describe('applyControlHeaders: malformed values name the header', () => {
     expect(e.message.startsWith(`${name}:`)).toBe(true);
     // The message quotes at most a short prefix of what was sent.
     expect(e.message.length).toBeLessThan(300);
+  });
+});
+
+describe('applyControlHeaders: x-envoy-* values Envoy could not parse are ignored, as Envoy ignores them', () => {
+  const huge = Array.from({ length: 10_000 }, () => '503').join(',');
+  const cases: Array<[string, string]> = [
+    ['x-envoy-max-retries', 'abc'],
+    ['x-envoy-max-retries', '-1'],
+    ['x-envoy-upstream-rq-timeout-ms', '-1'],
+    ['x-envoy-upstream-rq-timeout-ms', '1500.0'],
+    ['x-envoy-upstream-rq-per-try-timeout-ms', 'soon'],
+    ['x-envoy-upstream-rq-per-try-timeout-ms', '99999999999999999999'],
+    ['x-envoy-retry-on', huge],
+  ];
+  it.each(cases.map(([name, value]) => [name, value.length > 20 ? `${value.slice(0, 12)}… (${value.length} chars)` : value, value]))('%s: %s', (name, _label, value) => {
+    // The route's policy stands, as if the header had not been sent.
+    expect(apply({ [name]: value })).toEqual(apply({}));
+  });
+
+  it('an x-legate-* header is still checked when an Envoy one beside it is ignored', () => {
+    expect(rejection({ 'x-legate-max-retries': 'abc', 'x-envoy-max-retries': 'abc' }).header).toBe('x-legate-max-retries');
+    expect(apply({ 'x-envoy-max-retries': 'abc', 'x-envoy-upstream-rq-timeout-ms': '250' }).timeoutMs).toBe(250);
   });
 });
 
