@@ -3,8 +3,7 @@
  * app in-process (`startApp`) where a test needs to look inside.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -12,13 +11,12 @@ import pino from 'pino';
 import { LegateApp } from '../../src/app.js';
 import { readJsonLines } from '../../src/demo/json-lines.js';
 import { formatIssue, loadConfigText } from '../../src/config/load.js';
+import { tempDir } from './temp.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const CLI = path.join(ROOT, 'dist/cli.js');
 
-export function tempDir(prefix = 'legate-test-'): string {
-  return mkdtempSync(path.join(tmpdir(), prefix));
-}
+export { tempDir };
 
 /** Polls `check` until it returns a value other than undefined, or throws after `timeoutMs`. */
 export async function waitFor<T>(check: () => T | undefined | Promise<T | undefined>, what: string, timeoutMs = 10_000): Promise<T> {

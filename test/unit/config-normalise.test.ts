@@ -1,11 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { formatIssue, loadConfigText, type LoadResult } from '../../src/config/load.js';
 import type { LegateConfig, RouteSettings } from '../../src/config/model.js';
 import { BUILTIN_DEFAULTS, mergeDeep, normalise } from '../../src/config/normalise.js';
+import { tempDir } from '../helpers/temp.js';
 
 const yaml = (...l: string[]): string => `${l.join('\n')}\n`;
 
@@ -135,7 +135,7 @@ describe('defaults', () => {
 
 describe('conversion', () => {
   // Token files must exist: an unreadable ${file:} is an error at load.
-  const conf = mkdtempSync(join(tmpdir(), 'legate-conf-'));
+  const conf = tempDir('legate-conf-');
   mkdirSync(join(conf, 'secrets'));
   writeFileSync(join(conf, 'secrets', 'token'), 't1');
   writeFileSync(join(conf, 'abs-token'), 't2');
@@ -375,7 +375,7 @@ describe('tls files', () => {
   };
 
   beforeAll(() => {
-    dir = mkdtempSync(join(tmpdir(), 'legate-config-'));
+    dir = tempDir('legate-config-');
     openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=test', '-days', '1', '-keyout', 'k.pem', '-out', 'c.pem');
     openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=other', '-days', '1', '-keyout', 'k2.pem', '-out', 'c2.pem');
     mkdirSync(join(dir, 'sub'));

@@ -1,5 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it, expect } from 'vitest';
@@ -8,6 +7,7 @@ import { parse } from 'yaml';
 import { formatIssue, loadConfigFile, loadConfigText } from '../../src/config/load.js';
 import { describeValue, formatPath, levenshtein, nearest, validateRoutes, validateRoutesText } from '../../src/config/validate.js';
 import { checkShippedSchema, renderRoutesSchema } from '../../src/config/write-schema.js';
+import { tempDir } from '../helpers/temp.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const fixtures = join(root, 'test', 'fixtures', 'config');
@@ -205,7 +205,7 @@ describe('load', () => {
     expect(missing.ok ? [] : missing.issues.map(formatIssue)).toEqual([
       expect.stringMatching(/^routes\.yaml:\d+:\d+ routes\[0\]\.headers\.request\.set\.authorization: .*\/var\/run\/secrets\/billing-token/),
     ]);
-    const dir = mkdtempSync(join(tmpdir(), 'legate-spec12-'));
+    const dir = tempDir('legate-spec12-');
     writeFileSync(join(dir, 'billing-token'), 'token-value\n');
     const r = loadConfigText(text.replace('/var/run/secrets/billing-token', join(dir, 'billing-token')), 'routes.yaml');
     expect(r.ok ? r.warnings : r.issues.map(formatIssue)).toEqual([]);
