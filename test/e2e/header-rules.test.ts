@@ -23,6 +23,31 @@ function rotate(file: string, value: string): void {
   renameSync(next, file);
 }
 
+/** legate in-process with one route whose Authorization comes from a token file holding `token`. */
+async function billingWithTokenFile(token: string) {
+  const up = await upstream();
+  const dir = tempDir();
+  const tokenFile = path.join(dir, 'token');
+  writeFileSync(tokenFile, `${token}\n`);
+  const legate = await startApp(
+    `listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+routes:
+  - name: billing
+    upstream: ${up.url}
+    retry: { retries: 0 }
+    headers:
+      request:
+        set: { authorization: "Bearer \${file:./token}" }
+`,
+    path.join(dir, 'routes.yaml'),
+  );
+  defer(() => legate.stop());
+  const route = legate.app.current().routes[0];
+  if (route === undefined) throw new Error('route');
+  return { up, tokenFile, legate, route };
+}
+
 describe('header rules', () => {
   it('injects the credential from a file and the environment, replacing the app’s, and follows a rotation mid-traffic without logging a value', async () => {
     const up = await upstream((_req, res) => {
@@ -109,26 +134,7 @@ routes:
   });
 
   it('keeps using the last token while the file is gone mid-rotation, then the new one', async () => {
-    const up = await upstream();
-    const dir = tempDir();
-    const tokenFile = path.join(dir, 'token');
-    writeFileSync(tokenFile, 'kept-token\n');
-    const legate = await startApp(
-      `listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-routes:
-  - name: billing
-    upstream: ${up.url}
-    retry: { retries: 0 }
-    headers:
-      request:
-        set: { authorization: "Bearer \${file:./token}" }
-`,
-      path.join(dir, 'routes.yaml'),
-    );
-    defer(() => legate.stop());
-    const route = legate.app.current().routes[0];
-    if (route === undefined) throw new Error('route');
+    const { up, tokenFile, legate, route } = await billingWithTokenFile('kept-token');
     rmSync(tokenFile);
     // Re-read now rather than waiting for the watcher: the gap is then certainly seen.
     headerRulesOf(route).check();
@@ -147,26 +153,7 @@ routes:
   });
 
   it('re-reads a changed value file at once when asked (SIGHUP), ahead of its watcher', async () => {
-    const up = await upstream();
-    const dir = tempDir();
-    const tokenFile = path.join(dir, 'token');
-    writeFileSync(tokenFile, 'old-token\n');
-    const legate = await startApp(
-      `listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-routes:
-  - name: billing
-    upstream: ${up.url}
-    retry: { retries: 0 }
-    headers:
-      request:
-        set: { authorization: "Bearer \${file:./token}" }
-`,
-      path.join(dir, 'routes.yaml'),
-    );
-    defer(() => legate.stop());
-    const route = legate.app.current().routes[0];
-    if (route === undefined) throw new Error('route');
+    const { up, tokenFile, legate, route } = await billingWithTokenFile('old-token');
     writeFileSync(tokenFile, 'new-token\n');
     legate.app.refreshFiles();
     // Read in the same synchronous stretch as the call: no watcher callback can have run in between.

@@ -93,8 +93,14 @@ describe('applyControlHeaders: opt-out', () => {
   });
 });
 
+/** [header, label, value]: a long value is labelled by a prefix, so the 10,000-entry list does not swamp the report. */
+function labelled(cases: ReadonlyArray<readonly [string, string]>): Array<[string, string, string]> {
+  return cases.map(([name, value]) => [name, value.length > 20 ? `${value.slice(0, 12)}… (${value.length} chars)` : value, value]);
+}
+
+const huge = Array.from({ length: 10_000 }, () => '503').join(',');
+
 describe('applyControlHeaders: malformed values name the header', () => {
-  const huge = Array.from({ length: 10_000 }, () => '503').join(',');
   const cases: Array<[string, string]> = [
     ['x-legate-max-retries', '-1'],
     ['x-legate-max-retries', 'three'],
@@ -113,8 +119,7 @@ describe('applyControlHeaders: malformed values name the header', () => {
     ['x-legate-opt-out', 'teleport'],
     ['x-legate-opt-out', 'retry,everything'],
   ];
-  // Labelled by a prefix: the 10,000-entry list would swamp the report.
-  it.each(cases.map(([name, value]) => [name, value.length > 20 ? `${value.slice(0, 12)}… (${value.length} chars)` : value, value]))('%s: %s', (name, _label, value) => {
+  it.each(labelled(cases))('%s: %s', (name, _label, value) => {
     const e = rejection({ [name]: value });
     expect(e.code).toBe('bad-control-header');
     expect(e.status).toBe(400);
@@ -126,7 +131,6 @@ describe('applyControlHeaders: malformed values name the header', () => {
 });
 
 describe('applyControlHeaders: x-envoy-* values Envoy could not parse are ignored, as Envoy ignores them', () => {
-  const huge = Array.from({ length: 10_000 }, () => '503').join(',');
   const cases: Array<[string, string]> = [
     ['x-envoy-max-retries', 'abc'],
     ['x-envoy-max-retries', '-1'],
@@ -136,7 +140,7 @@ describe('applyControlHeaders: x-envoy-* values Envoy could not parse are ignore
     ['x-envoy-upstream-rq-per-try-timeout-ms', '99999999999999999999'],
     ['x-envoy-retry-on', huge],
   ];
-  it.each(cases.map(([name, value]) => [name, value.length > 20 ? `${value.slice(0, 12)}… (${value.length} chars)` : value, value]))('%s: %s', (name, _label, value) => {
+  it.each(labelled(cases))('%s: %s', (name, _label, value) => {
     // The route's policy stands, as if the header had not been sent.
     expect(apply({ [name]: value })).toEqual(apply({}));
   });
