@@ -70,6 +70,16 @@ STOPSIGNAL SIGTERM
 # compilation instead of Node's default four. A sidecar gets a core or less;
 # four helpers there only take turns with the thread serving requests, and
 # each one keeps its own malloc arena after compiling undici's WebAssembly
-# parser (3-5 MiB of RSS in all). Pass other Node flags with NODE_OPTIONS.
+# parser (3-5 MiB of RSS in all).
+# --max-semi-space-size=8: V8's young generation, pinned. Unpinned, Node sizes
+# it from the memory it sees: under a 128Mi container limit 1-2 MiB
+# semi-spaces, and in 30 s of load V8 then ran 73-114 mark-compacts where
+# this runs 8-10, and legate served 25-52% fewer 16 KiB requests; with no
+# limit on Node 24, 64 MiB ones, and 222-244 MiB of RSS under load. It is in NODE_OPTIONS, not the
+# ENTRYPOINT, so a pod can size it for its own limit (flags on the command
+# line would win over NODE_OPTIONS); a pod that sets NODE_OPTIONS replaces
+# this value, so keep the flag in it (deploy/kubernetes/deployment.yaml does).
+# docs/benchmarks.md "Memory" has the figures.
+ENV NODE_OPTIONS=--max-semi-space-size=8
 ENTRYPOINT ["node", "--no-maglev", "--v8-pool-size=1", "/app/dist/cli.js"]
 CMD ["--config", "/etc/legate/routes.yaml"]

@@ -49,7 +49,7 @@
  *   BENCH_CANDIDATE_CONFIG=full  the route the candidates are measured with: plain, full or mtls
  *   BENCH_BARE_NODE_ARGS="..."  Node/V8 flags for bare http-proxy (none by default): does a flag help the floor too?
  *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4), after
- *                            the ones the Dockerfile's ENTRYPOINT starts legate with (always applied)
+ *                            the ones the Docker image starts legate with (NODE_OPTIONS and ENTRYPOINT; always applied)
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
  *   BENCH_REDO_BUDGET=12     throughput runs disturbed by other work (>25% of the proxy's core) are re-run, this many at most
  *   BENCH_STALLS=1           diagnosis, not measurement: preload bench/stall-probe.mjs into every legate process,
@@ -92,19 +92,23 @@ const QUICK = env.BENCH_QUICK === '1';
 const PROFILE = process.argv.includes('--profile');
 const num = (v, d) => (v === undefined || v === '' || !Number.isFinite(Number(v)) ? d : Number(v));
 
+/** Node flags from a BENCH_*_NODE_ARGS variable or NODE_OPTIONS: words separated by spaces. */
+const nodeFlags = (v) => (v ? v.split(/\s+/).filter(Boolean) : []);
+
 /**
- * The Node flags the Docker image starts legate with (its ENTRYPOINT between
- * `node` and the script): every legate process here gets them too, so the
- * bench measures legate as it ships. BENCH_NODE_ARGS adds to them.
+ * The Node flags the Docker image starts legate with (its `ENV NODE_OPTIONS`,
+ * then its ENTRYPOINT between `node` and the script): every legate process
+ * here gets them too, so the bench measures legate as it ships.
+ * BENCH_NODE_ARGS adds to them.
  */
 function imageNodeFlags() {
-  const m = /^ENTRYPOINT (\[.*\])$/m.exec(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
+  const dockerfile = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+  const options = /^ENV NODE_OPTIONS=(?:"([^"]*)"|(\S+))$/m.exec(dockerfile);
+  const m = /^ENTRYPOINT (\[.*\])$/m.exec(dockerfile);
   const argv = m ? JSON.parse(m[1]) : [];
-  return argv[0] === 'node' ? argv.slice(1, -1) : [];
+  return [...nodeFlags(options?.[1] ?? options?.[2]), ...(argv[0] === 'node' ? argv.slice(1, -1) : [])];
 }
 
-/** Node flags from a BENCH_*_NODE_ARGS variable: words separated by spaces. */
-const nodeFlags = (v) => (v ? v.split(/\s+/).filter(Boolean) : []);
 
 const STALLS = env.BENCH_STALLS === '1';
 
@@ -1083,7 +1087,7 @@ function renderMarkdown(r) {
   L.push(`- load average at start ${mc.loadAverageAtStart.join(' ')}, at end ${mc.loadAverageAtEnd.join(' ')} (other work on the machine shows here)`);
   L.push(`- pinning: upstream, load generator and harness on core ${r.settings.loadCpu ?? '(unpinned)'}, the proxy under test alone on core ${r.settings.proxyCpu ?? '(unpinned)'}`);
   const flags = r.settings.legateNodeFlags ?? [];
-  L.push(`- legate's Node flags: ${flags.length === 0 ? 'none' : flags.map((f) => `\`${f}\``).join(' ')} (the Docker image's ENTRYPOINT, plus BENCH_NODE_ARGS)`);
+  L.push(`- legate's Node flags: ${flags.length === 0 ? 'none' : flags.map((f) => `\`${f}\``).join(' ')} (the Docker image's NODE_OPTIONS and ENTRYPOINT, plus BENCH_NODE_ARGS)`);
   const bareFlags = r.settings.bareNodeFlags ?? [];
   L.push(`- bare http-proxy's Node flags: ${bareFlags.length === 0 ? 'none' : bareFlags.map((f) => `\`${f}\``).join(' ')} (BENCH_BARE_NODE_ARGS)`);
   L.push('');

@@ -21,6 +21,17 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const k8sDir = path.join(root, 'deploy', 'kubernetes');
 const read = (rel: string): string => readFileSync(path.join(root, rel), 'utf8');
 
+/** The image's `ENV NODE_OPTIONS`, flag by flag. */
+function imageNodeOptions(): string[] {
+  const m = /^ENV NODE_OPTIONS=(?:"([^"]*)"|(\S+))$/m.exec(read('Dockerfile'));
+  return (m?.[1] ?? m?.[2] ?? '').split(/\s+/).filter(Boolean);
+}
+
+/** The value of a `--name=value` flag in a list of Node flags. */
+function flagValue(flags: readonly string[], name: string): string | undefined {
+  return flags.find((f) => f.startsWith(`${name}=`))?.slice(name.length + 1);
+}
+
 // ---------------------------------------------------------------- shapes ----
 
 interface Probe {
@@ -278,6 +289,19 @@ describe('deploy/kubernetes', () => {
     expect(isLoopback(listen.host)).toBe(true);
   });
 
+  it("keeps the image's Node flags in its NODE_OPTIONS, with a heap cap under the memory limit", () => {
+    const options = (only((legate.env ?? []).filter((e) => e.name === 'NODE_OPTIONS'), 'NODE_OPTIONS in legate env').value ?? '')
+      .split(/\s+/)
+      .filter(Boolean);
+    // A pod's NODE_OPTIONS replaces the image's: without --max-semi-space-size, Node would size V8's
+    // young generation from the container's memory limit (docs/benchmarks.md "Memory").
+    expect(options).toEqual(expect.arrayContaining(imageNodeOptions()));
+    const capMi = Number(flagValue(options, '--max-old-space-size'));
+    const limitMi = Number(/^(\d+)Mi$/.exec(legate.resources?.limits?.memory ?? '')?.[1]);
+    expect(capMi).toBeGreaterThan(0);
+    expect(capMi).toBeLessThan(limitMi);
+  });
+
   it('sets resource requests and limits', () => {
     for (const kind of ['requests', 'limits'] as const) {
       expect(legate.resources?.[kind]?.cpu, `${kind}.cpu`).toMatch(/^\d+m?$/);
@@ -459,9 +483,29 @@ describe('Dockerfile', () => {
     // A V8 flag a Node release drops would stop the container at start: CI runs this on Node 20 and 24.
     const flags = entrypoint.slice(1, -1);
     expect(flags).toContain('--no-maglev');
-    const run = spawnSync(process.execPath, [...flags, '-e', 'process.exit(0)'], { encoding: 'utf8' });
+    const run = spawnSync(process.execPath, [...flags, '-e', 'process.exit(0)'], {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: imageNodeOptions().join(' ') },
+    });
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
+  });
+
+  it("pins V8's young generation in NODE_OPTIONS, whatever memory the machine or container has", () => {
+    const options = imageNodeOptions();
+    const semiMiB = Number(flagValue(options, '--max-semi-space-size'));
+    expect(semiMiB).toBeGreaterThan(0);
+    // A burst of short-lived objects grows the young generation to its cap, two semi-spaces. Unpinned, this
+    // machine's Node would take 32 MiB (Node 20) or 128 MiB (Node 24), a 128Mi container 2-4 MiB.
+    const burst = [
+      "const v8 = require('node:v8');",
+      'let keep = [];',
+      'for (let i = 0; i < 3e6; i++) { keep.push({ i }); if (keep.length > 2e5) keep = []; }',
+      "process.stdout.write(String(v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size));",
+    ].join('\n');
+    const run = spawnSync(process.execPath, ['-e', burst], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: options.join(' ') } });
+    expect(run.status, run.stderr).toBe(0);
+    expect(Number(run.stdout)).toBe(2 * semiMiB * 2 ** 20);
   });
 
   it.runIf(existsSync('/proc/self/task'))("gives V8 one helper thread, not Node's default four", () => {
