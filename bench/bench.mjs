@@ -592,6 +592,10 @@ async function main() {
   // ---- closed-loop throughput
   await waitForQuiet();
   log('warm-up: 1 s per target and body');
+  // Mark-compacts each legate process runs through the closed-loop phase (warm-up included): where a
+  // process's bursts fall, here or in its latency runs, depends on how far this phase took it.
+  const gcBeforeThroughput = {};
+  for (const t of targets) gcBeforeThroughput[t.id] = await markCompacts(t);
   for (const b of BODIES) for (const t of targets) await wrkRun(t, b, S.warmupSeconds, ctx);
   const throughputRuns = {};
   for (let r = 0; r < S.repeats; r++) {
@@ -620,6 +624,15 @@ async function main() {
   }
   const rssAfterLoad = {};
   for (const t of targets) if (t.kind !== 'direct') rssAfterLoad[t.id] = rssBytes(t.pids());
+  const markCompactsInThroughput = {};
+  for (const t of targets) {
+    const gc1 = await markCompacts(t);
+    const gc0 = gcBeforeThroughput[t.id];
+    if (gc0 !== null && gc1 !== null) markCompactsInThroughput[t.id] = gc1 - gc0;
+  }
+  if (Object.keys(markCompactsInThroughput).length > 0) {
+    log(`mark-compacts during the throughput runs: ${Object.entries(markCompactsInThroughput).map(([id, n]) => `${id} ${n}`).join(', ')}`);
+  }
 
   // ---- open-loop latency
   const latencyRuns = {};
@@ -660,6 +673,7 @@ async function main() {
     } catch (e) {
       c.metricsError = e.message;
     }
+    c.markCompactsInThroughput = markCompactsInThroughput[t.id] ?? null;
     legateChecks[t.id] = c;
   }
 
@@ -1032,7 +1046,10 @@ function renderMarkdown(r) {
     if (gcs.length > 0) {
       L.push('');
       L.push(`V8 mark-compacts in the legate processes during these runs (each a stall of 5–25 ms here; the process's own \`legate_nodejs_gc_duration_seconds\`), small / 16 KiB, all repeats: ` +
-        gcs.map((id) => `${label(id)} ${BODIES.map((b) => r.latency[b.id][id].markCompacts).join(' / ')}`).join('; ') + '.');
+        gcs.map((id) => `${label(id)} ${BODIES.map((b) => r.latency[b.id][id].markCompacts).join(' / ')}`).join('; ') + '.' +
+        (gcs.some((id) => typeof r.legate?.[id]?.markCompactsInThroughput === 'number')
+          ? ` Before them, during the throughput runs: ${gcs.filter((id) => typeof r.legate?.[id]?.markCompactsInThroughput === 'number').map((id) => `${label(id)} ${r.legate[id].markCompactsInThroughput}`).join('; ')}.`
+          : ''));
     }
   }
   L.push('');
