@@ -75,11 +75,12 @@ STOPSIGNAL SIGTERM
 # it from the memory it sees: under a 128Mi container limit 1-2 MiB
 # semi-spaces, and in 30 s of load V8 then ran 73-114 mark-compacts where
 # this runs 8-10, and legate served 25-52% fewer 16 KiB requests; with no
-# limit on Node 24, 64 MiB ones, and 222-244 MiB of RSS under load. It is in NODE_OPTIONS, not the
-# ENTRYPOINT, so a pod can size it for its own limit (flags on the command
-# line would win over NODE_OPTIONS); a pod that sets NODE_OPTIONS replaces
-# this value, so keep the flag in it (deploy/kubernetes/deployment.yaml does).
-# docs/benchmarks.md "Memory" has the figures.
+# limit on Node 24, 64 MiB ones, and 222-244 MiB of RSS under load. It is in
+# NODE_OPTIONS, not the ENTRYPOINT, so a pod can size it for its own limit
+# (flags on the command line would win over NODE_OPTIONS); a pod that sets
+# NODE_OPTIONS replaces this value, so keep the flag in it
+# (deploy/kubernetes/deployment.yaml does). docs/benchmarks.md "Memory" has
+# the figures.
 ENV NODE_OPTIONS=--max-semi-space-size=8
 ENTRYPOINT ["node", "--no-maglev", "--v8-pool-size=1", "/app/dist/cli.js"]
 CMD ["--config", "/etc/legate/routes.yaml"]

@@ -109,7 +109,6 @@ function imageNodeFlags() {
   return [...nodeFlags(options?.[1] ?? options?.[2]), ...(argv[0] === 'node' ? argv.slice(1, -1) : [])];
 }
 
-
 const STALLS = env.BENCH_STALLS === '1';
 
 const S = {

@@ -496,7 +496,7 @@ describe('Dockerfile', () => {
     const semiMiB = Number(flagValue(options, '--max-semi-space-size'));
     expect(semiMiB).toBeGreaterThan(0);
     // A burst of short-lived objects grows the young generation to its cap, two semi-spaces. Unpinned, this
-    // machine's Node would take 32 MiB (Node 20) or 128 MiB (Node 24), a 128Mi container 2-4 MiB.
+    // machine's Node would take 32 MiB (Node 20) or 128 MiB (Node 24), a 128Mi container 2 or 3.5 MiB.
     const burst = [
       "const v8 = require('node:v8');",
       'let keep = [];',
