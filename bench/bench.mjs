@@ -50,6 +50,9 @@
  *   BENCH_BARE_NODE_ARGS="..."  Node/V8 flags for bare http-proxy (none by default): does a flag help the floor too?
  *   BENCH_NODE_ARGS="..."    Node/V8 flags for every legate process (e.g. --max-semi-space-size=4), after
  *                            the ones the Docker image starts legate with (NODE_OPTIONS and ENTRYPOINT; always applied)
+ *   BENCH_MEMORY_LIMIT=128   run each legate and bare http-proxy process in a memory cgroup of this many MiB
+ *                            (root and a writable cgroup v1 or v2 memory controller), as under a pod's limit:
+ *                            Node sizes V8's heap from it
  *   BENCH_WAIT_QUIET=60      wait up to this many seconds for a quiet machine before measuring
  *   BENCH_REDO_BUDGET=12     throughput runs disturbed by other work (>25% of the proxy's core) are re-run, this many at most
  *   BENCH_STALLS=1           diagnosis, not measurement: preload bench/stall-probe.mjs into every legate process,
@@ -77,6 +80,7 @@ import { capture, childPids, coreBusySeconds, cpuSeconds, freePort, killAllNow, 
 import { median, percentile, ratio, round } from './lib/stats.mjs';
 import { makeCerts } from './lib/certs.mjs';
 import { renderStalls, SLOW_MS, stallReport } from './lib/stalls.mjs';
+import { memoryCgroup, parseMemoryLimit, removeCgroups } from './lib/cgroup.mjs';
 import { formatSummary, summarise } from './profile-summary.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -120,6 +124,8 @@ const S = {
     ...(STALLS ? ['--import', path.join(ROOT, 'bench/stall-probe.mjs')] : []),
   ],
   bareNodeFlags: nodeFlags(env.BENCH_BARE_NODE_ARGS),
+  // BENCH_MEMORY_LIMIT: each legate and bare http-proxy process in a memory cgroup of this many MiB.
+  memoryLimitMiB: parseMemoryLimit(env.BENCH_MEMORY_LIMIT),
   repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 3))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
@@ -185,6 +191,7 @@ let tmp;
 // Whatever happens, no child outlives the harness and the temp dir goes.
 process.on('exit', () => {
   killAllNow();
+  removeCgroups();
   if (tmp !== undefined && env.BENCH_KEEP_TMP !== '1') rmSync(tmp, { recursive: true, force: true });
 });
 let interrupted = false;
@@ -374,7 +381,7 @@ async function startTarget(def, ctx) {
   if (def.kind === 'bare') {
     const p = start('bare-http-proxy', process.execPath,
       [...S.bareNodeFlags, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(t.port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
-      { cpu: S.proxyCpu, log: logFile, cwd: ROOT });
+      { cpu: S.proxyCpu, log: logFile, cwd: ROOT, cgroup: proxyCgroup('bare') });
     t.procs.push(p);
     await waitForPort(t.port, { proc: p });
     t.pids = () => [p.pid];
@@ -389,6 +396,14 @@ async function startTarget(def, ctx) {
   return t;
 }
 
+/**
+ * The memory cgroup a Node proxy process starts in under BENCH_MEMORY_LIMIT (its own, as a sidecar has its
+ * own container limit); undefined without it.
+ */
+function proxyCgroup(name) {
+  return S.memoryLimitMiB === null ? undefined : memoryCgroup(name, S.memoryLimitMiB * 2 ** 20);
+}
+
 /** Writes a config and starts `node dist/cli.js --config FILE` pinned to the proxy core. */
 async function startLegate(name, config, ctx, port, nodeArgs = [], cli = CLI) {
   const admin = await freePort();
@@ -401,7 +416,9 @@ async function startLegate(name, config, ctx, port, nodeArgs = [], cli = CLI) {
   if (STALLS) childEnv.BENCH_STALL_DIR = stallDir();
   // The image's Node flags, then BENCH_NODE_ARGS (e.g. --max-semi-space-size=4) to try runtime settings.
   const extra = S.legateNodeFlags;
-  const proc = start(name, process.execPath, [...extra, ...nodeArgs, cli, '--config', file], { cpu: S.proxyCpu, log: path.join(tmp, `${name}.log`), cwd: ROOT, env: childEnv });
+  const proc = start(name, process.execPath, [...extra, ...nodeArgs, cli, '--config', file], {
+    cpu: S.proxyCpu, log: path.join(tmp, `${name}.log`), cwd: ROOT, env: childEnv, cgroup: proxyCgroup(name),
+  });
   await waitForPort(port, { proc, timeoutMs: 15_000 });
   return { proc, admin, accessLog, file };
 }
@@ -700,6 +717,7 @@ async function main() {
   }
 
   await stopAll();
+  removeCgroups();
 
   // ---- assemble
   const results = assemble({ machine, startedAt, targets, failed, throughputRuns, latencyRuns, rssAfterLoad, legateChecks, idle, soak });
@@ -784,7 +802,7 @@ async function idleMemory(ctx, which) {
   } else {
     proc = start('bare-mem', process.execPath,
       [...S.bareNodeFlags, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
-      { cpu: S.proxyCpu, log: path.join(tmp, 'bare-mem.log'), cwd: ROOT });
+      { cpu: S.proxyCpu, log: path.join(tmp, 'bare-mem.log'), cwd: ROOT, cgroup: proxyCgroup('bare-mem') });
     await waitForPort(port, { proc });
   }
   await sleep(1_000);
@@ -1104,6 +1122,7 @@ function renderMarkdown(r) {
   L.push(`- pinning: upstream, load generator and harness on core ${r.settings.loadCpu ?? '(unpinned)'}, the proxy under test alone on core ${r.settings.proxyCpu ?? '(unpinned)'}`);
   const flags = r.settings.legateNodeFlags ?? [];
   L.push(`- legate's Node flags: ${flags.length === 0 ? 'none' : flags.map((f) => `\`${f}\``).join(' ')} (the Docker image's NODE_OPTIONS and ENTRYPOINT, plus BENCH_NODE_ARGS)`);
+  L.push(`- memory limit: ${typeof r.settings.memoryLimitMiB === 'number' ? `each legate and bare http-proxy process in a memory cgroup of ${r.settings.memoryLimitMiB} MiB (BENCH_MEMORY_LIMIT), as a container limit would put it` : 'none (BENCH_MEMORY_LIMIT unset): Node sizes V8\'s heap from the machine\'s memory'}`);
   const bareFlags = r.settings.bareNodeFlags ?? [];
   L.push(`- bare http-proxy's Node flags: ${bareFlags.length === 0 ? 'none' : bareFlags.map((f) => `\`${f}\``).join(' ')} (BENCH_BARE_NODE_ARGS)`);
   L.push('');

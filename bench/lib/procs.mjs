@@ -36,11 +36,15 @@ export const CLK_TCK = (() => {
  * @param {string} name
  * @param {string} cmd
  * @param {string[]} args
- * @param {{ cpu?: number | undefined, log: string, env?: NodeJS.ProcessEnv, cwd?: string }} opts
+ * With `cgroup` (a cgroup directory, bench/lib/cgroup.mjs), it joins that
+ * group through `sh -c` before anything else runs, and sh execs on.
+ *
+ * @param {{ cpu?: number | undefined, log: string, env?: NodeJS.ProcessEnv, cwd?: string, cgroup?: string }} opts
  * @returns {Proc}
  */
 export function start(name, cmd, args, opts) {
-  const argv = opts.cpu === undefined ? [cmd, ...args] : ['taskset', '-c', String(opts.cpu), cmd, ...args];
+  const pinned = opts.cpu === undefined ? [cmd, ...args] : ['taskset', '-c', String(opts.cpu), cmd, ...args];
+  const argv = opts.cgroup === undefined ? pinned : ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...pinned];
   const fd = openSync(opts.log, 'a');
   const child = spawn(argv[0], argv.slice(1), {
     stdio: ['ignore', fd, fd],
