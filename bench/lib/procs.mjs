@@ -31,14 +31,13 @@ export const CLK_TCK = (() => {
  * Starts `cmd args` with stdout and stderr appended to `log`. With `cpu`, it
  * runs under `taskset -c CPU`, which execs the command: the pid we get is the
  * program's own, and every thread it makes (libuv pool, GC helpers, pino's
- * worker) inherits the affinity.
+ * worker) inherits the affinity. With `cgroup` (a cgroup directory,
+ * bench/lib/cgroup.mjs), it joins that group through `sh -c` before anything
+ * else runs, and sh execs on.
  *
  * @param {string} name
  * @param {string} cmd
  * @param {string[]} args
- * With `cgroup` (a cgroup directory, bench/lib/cgroup.mjs), it joins that
- * group through `sh -c` before anything else runs, and sh execs on.
- *
  * @param {{ cpu?: number | undefined, log: string, env?: NodeJS.ProcessEnv, cwd?: string, cgroup?: string }} opts
  * @returns {Proc}
  */
