@@ -12,6 +12,7 @@ import { explain } from './explain.js';
 import { formatIssue, loadConfigFile } from './config/load.js';
 import { watchConfigFile, type ConfigWatcher } from './config/watch.js';
 import { closeLogger, createLogger } from './observability/logger.js';
+import { startMemoryReducerNudge } from './runtime/memory-reducer.js';
 
 const USAGE = `legate — an outbound HTTP proxy sidecar (ambassador) for legacy apps
 
@@ -120,6 +121,7 @@ async function run(file: string): Promise<number> {
     return 1;
   }
   started = true;
+  startMemoryReducerNudge();
   watcher = watchConfigFile(absolute, readFileSync(absolute, 'utf8'), {
     onChange: (text) => void app.reloadText(text, file),
     onError: (e) => logger.warn({ err: e.message, file }, 'config watch error'),

@@ -51,11 +51,19 @@ export interface CliProcess {
  */
 export async function startCli(
   yaml: string,
-  opts: { configFile?: string; env?: Record<string, string>; args?: string[]; /** A command that runs node, e.g. `prlimit --fsize=N --`. */ wrap?: string[] } = {},
+  opts: {
+    configFile?: string;
+    env?: Record<string, string>;
+    args?: string[];
+    /** A command that runs node, e.g. `prlimit --fsize=N --`. */
+    wrap?: string[];
+    /** Node's own flags, before the script (e.g. `--trace-gc`). */
+    nodeArgs?: string[];
+  } = {},
 ): Promise<CliProcess> {
   const configFile = opts.configFile ?? path.join(tempDir(), 'routes.yaml');
   if (opts.configFile === undefined) writeFileSync(configFile, yaml);
-  const command = [...(opts.wrap ?? []), process.execPath, CLI, '--config', configFile, ...(opts.args ?? [])];
+  const command = [...(opts.wrap ?? []), process.execPath, ...(opts.nodeArgs ?? []), CLI, '--config', configFile, ...(opts.args ?? [])];
   const child = spawn(command[0] as string, command.slice(1), {
     env: { ...process.env, LOG_LEVEL: 'debug', ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
