@@ -86,7 +86,14 @@ export async function startCli(
       if (child.exitCode !== null && !lines.some(pred)) throw new Error(`legate exited (${child.exitCode}) before ${what}: ${err}${out}`);
       return lines.find(pred);
     }, what, timeoutMs);
-  const started = await waitForLine((l) => l.msg === 'legate started', 'legate started');
+  let started: Record<string, unknown>;
+  try {
+    started = await waitForLine((l) => l.msg === 'legate started', 'legate started');
+  } catch (e) {
+    // The caller never gets a handle to stop it: a process that did not start (or not in time) goes now.
+    child.kill('SIGKILL');
+    throw e;
+  }
   const port = (addr: unknown) => Number(String(addr).split(':').pop());
   return {
     child,
