@@ -150,6 +150,8 @@ function finish() {
     seconds,
     warmup,
     connections,
+    // Every request sent, warm-up included: what the server did in the run's time.
+    sent: total,
     counted: total - skip,
     ok: latency.length,
     unfinished,
