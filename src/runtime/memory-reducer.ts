@@ -23,7 +23,7 @@
  */
 import { Script } from 'node:vm';
 
-/** Seconds between allocations: well inside the ~107 s after which the estimate is 0 again. */
+/** Milliseconds between allocations: well inside the ~107 s after which the estimate is 0 again. */
 export const MEMORY_REDUCER_NUDGE_MS = 30_000;
 
 /** True for V8 versions whose allocation-rate estimate can be exactly 0 (13.1 and later). */
