@@ -10,6 +10,7 @@ import { formatIssue, loadConfigText } from './config/load.js';
 import type { HostPort, LegateConfig, RouteSettings } from './config/model.js';
 import { createForwarder, type Forwarder } from './layers/forward.js';
 import { hasHeaderRules, headerRulesOf } from './layers/header-rules.js';
+import type { AccessLog } from './observability/access-log.js';
 import type { Logger } from './observability/logger.js';
 import { createObserver, type Observer } from './observability/observer.js';
 import { TlsAgents } from './tls/tls-agents.js';
@@ -110,10 +111,13 @@ export class LegateApp {
   #adminAddress: string | undefined;
   #active = 0;
   #idle: (() => void) | undefined;
+  /** Where access lines go now, and whether they are written at all (a reload may change either). */
+  #accessLog: { destination: string; silent: boolean };
 
   constructor(config: LegateConfig, opts: AppOptions) {
     this.logger = opts.logger;
     this.observer = createObserver(opts.logger, { accessLog: config.accessLog, activeRequests: () => this.#active, certificates: () => this.#tls.certificates(), routes: () => this.#generation.routes });
+    this.#accessLog = { destination: config.accessLog, silent: opts.logger.level === 'silent' };
     this.#tls = new TlsAgents(opts.logger);
     this.#agents = new AgentPool({ http: httpAgentFactory, https: this.#tls.factory });
     this.#tls.attach(this.#agents);
@@ -271,17 +275,31 @@ export class LegateApp {
     const restartOnly: string[] = [];
     if (config.listen.text !== previous.config.listen.text) restartOnly.push('listen');
     if (config.admin.text !== previous.config.admin.text) restartOnly.push('admin');
-    if (config.accessLog !== previous.config.accessLog) restartOnly.push('accessLog');
+    const rejected = (e: unknown): ReloadResult => {
+      const errors = [(e as Error).message];
+      this.observer.reload('rejected');
+      this.logger.error({ file: config.file, errors }, 'config reload rejected; the previous config keeps serving');
+      return { ok: false, errors };
+    };
+    // A new access log destination (or `logLevel` turning it on or off) is opened before anything
+    // changes: a file that cannot be opened rejects the reload, as it stops a start.
+    const accessLog = { destination: config.accessLog, silent: process.env.LOG_LEVEL === undefined ? config.logLevel === 'silent' : this.#accessLog.silent };
+    let newAccessLog: AccessLog | undefined;
+    if (accessLog.destination !== this.#accessLog.destination || accessLog.silent !== this.#accessLog.silent) {
+      try {
+        newAccessLog = this.observer.openAccessLog(accessLog.destination, accessLog.silent);
+      } catch (e) {
+        return rejected(e);
+      }
+    }
     const next = this.#build(config, previous);
     try {
       await this.#syncRouteListeners(next);
     } catch (e) {
       // The new generation never served: stop its discoveries and file watchers and unhook its balancers.
       next.retire(droppedStates(next, previous));
-      const errors = [(e as Error).message];
-      this.observer.reload('rejected');
-      this.logger.error({ file: config.file, errors }, 'config reload rejected; the previous config keeps serving');
-      return { ok: false, errors };
+      void newAccessLog?.close();
+      return rejected(e);
     }
     this.#generation = next;
     if (process.env.LOG_LEVEL === undefined) this.logger.level = config.logLevel;
@@ -291,6 +309,13 @@ export class LegateApp {
     this.#tls.retain(next.agentIds);
     this.#tls.preload(config.routes.flatMap((r) => r.upstream.endpoints));
     this.observer.reload('applied');
+    if (newAccessLog !== undefined) {
+      this.#accessLog = accessLog;
+      this.observer.useAccessLog(newAccessLog).catch((e: unknown) => {
+        this.logger.error({ err: (e as Error).message }, 'closing the previous access log failed');
+      });
+      this.logger.info({ accessLog: accessLog.destination, silent: accessLog.silent }, 'access log switched');
+    }
     const kept = next.routes.filter((r) => previous.routes.some((p) => p.state === r.state)).map((r) => r.name);
     this.logger.info({ file: config.file, routes: next.routes.length, keptState: kept }, 'config reload applied');
     if (restartOnly.length > 0) {
@@ -311,6 +336,15 @@ export class LegateApp {
   refreshFiles(): void {
     this.#tls.check();
     for (const route of this.#generation.routes) if (hasHeaderRules(route.settings)) headerRulesOf(route).check();
+  }
+
+  /**
+   * Opens the access log file again by its name, after the lines so far are
+   * written to the old one: log rotation (SIGUSR1, as `nginx -s reopen` and
+   * Envoy; SIGHUP too). Nothing when access lines go to stdout or stderr.
+   */
+  reopenLogs(): void {
+    this.observer.reopenAccessLog();
   }
 
   /**

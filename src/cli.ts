@@ -27,7 +27,9 @@ URL may be a path (/payments/charge), a URL on the proxy itself
 (http://localhost:15001/payments/charge) or any other absolute URL, which is
 read as an HTTP_PROXY-style request for that host.
 
-Signals: SIGHUP reloads the config and re-reads certificates and header value files; SIGTERM/SIGINT drain and stop (twice: at once).
+Signals: SIGHUP reloads the config, re-reads certificates and header value files and reopens the
+access log file; SIGUSR1 reopens the access log file (log rotation); SIGTERM/SIGINT drain and stop
+(twice: at once).
 Docs: README.md`;
 
 function version(): string {
@@ -99,6 +101,18 @@ async function run(file: string): Promise<number> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // Log rotation: the access log file opened again by name. SIGUSR1 would otherwise start Node's
+  // inspector; `node --inspect` still does that.
+  const reopenLogs = (signal: NodeJS.Signals): void => {
+    try {
+      app.reopenLogs();
+    } catch (e) {
+      logger.error({ err: (e as Error).message, signal }, 'reopening the access log failed; lines go on to the file as it was');
+    }
+  };
+  process.on('SIGUSR1', () => {
+    if (started && !stopping) reopenLogs('SIGUSR1');
+  });
   process.on('SIGHUP', () => {
     if (!started) return; // The file is being loaded as it is now.
     logger.info({ file }, 'SIGHUP: reloading config');
@@ -108,6 +122,7 @@ async function run(file: string): Promise<number> {
       // The watchers run the same checks; a failure here must not take the proxy down with the signal.
       logger.error({ err: (e as Error).message }, 'SIGHUP: re-reading certificates and header value files failed');
     }
+    reopenLogs('SIGHUP');
     app.reloadText(readFileSync(absolute, 'utf8'), file).catch((e: unknown) => {
       logger.error({ err: (e as Error).message, file }, 'config reload rejected; the previous config keeps serving');
     });

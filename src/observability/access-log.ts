@@ -4,7 +4,7 @@
  * it ended: nothing here runs while bytes stream. Headers are never read
  * into a line, so credentials cannot reach it.
  */
-import { fstatSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, openSync } from 'node:fs';
 import { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -188,6 +188,14 @@ export function accessLine(outcome: RequestContext | EarlyOutcome, now: number):
 /** Writes access lines; owns its destination when it is not the main logger's. */
 export interface AccessLog {
   write(line: AccessLine): void;
+  /**
+   * A regular file: writes out the lines gathered so far, then opens the
+   * file by its name again, so lines go to a new file once logrotate (or an
+   * operator) has moved the old one away (nginx's `reopen`, Envoy's
+   * `reopen_logs`). If it cannot be opened, writing goes on to the old one
+   * and the failure is logged. Nothing for stdout, stderr, pipes and devices.
+   */
+  reopen(): void;
   /** Flushes, and closes a destination of its own. */
   close(): Promise<void>;
 }
@@ -204,17 +212,18 @@ export interface AccessLog {
  * their access log) rather than run losing every line.
  */
 export function createAccessLog(logger: Logger, destination = 'stdout', opts: AccessFileOptions = {}): AccessLog {
-  const options = loggerOptions(logger.level === 'silent' ? 'silent' : 'info', { redact: false });
+  const silent = opts.silent ?? logger.level === 'silent';
+  const options = loggerOptions(silent ? 'silent' : 'info', { redact: false });
   if (destination === 'stdout') {
     // Same stream as the lifecycle lines, so the two stay in order.
-    return { write: lineWriter(pino(options, streamOf(logger))), close: () => Promise.resolve() };
+    return { write: lineWriter(pino(options, streamOf(logger))), reopen: () => undefined, close: () => Promise.resolve() };
   }
   // Lines are gathered here into writes of about 8 KiB (one write per ~20 lines instead of one each), and
   // flushed every 250 ms so a quiet period still reaches the file. Gathered in an array and joined once:
   // sonic-boom's own batching (minLength) appends each line to a growing string and measures that string's
   // byte length again on every write, which the profile showed costing more than the serialising.
   const heldLimit = opts.heldLimit ?? HELD_WHILE_FAILING;
-  const stream = destination === 'stderr' ? stderrDestination(heldLimit) : fileDestination(destination, heldLimit);
+  const { stream, regularFile } = destination === 'stderr' ? { stream: stderrDestination(heldLimit), regularFile: false } : fileDestination(destination, heldLimit);
   const batch = new LineBatch((text) => stream.write(text), 8 * 1024);
   const flusher = setInterval(() => batch.flush(), 250);
   flusher.unref();
@@ -227,6 +236,22 @@ export function createAccessLog(logger: Logger, destination = 'stdout', opts: Ac
   stream.on('drop', (text: string) => failures.dropped(text));
   return {
     write: lineWriter(pino(options, stream), batch),
+    reopen: () => {
+      // A pipe or a device (stderr, /dev/stdout, a FIFO) is not rotated, and opening a FIFO again could block.
+      if (!regularFile) return;
+      try {
+        // Checked here, synchronously, so that a failure is said as what it is; sonic-boom would report
+        // it as a write error. The directory is not made again: logrotate leaves it in place.
+        closeSync(openSync(destination, 'a'));
+      } catch (e) {
+        logger.error({ accessLog: destination, err: (e as Error).message }, 'access log not reopened: lines go on to the file already open');
+        return;
+      }
+      // The lines so far belong to the file as it was when the signal came.
+      batch.flush();
+      stream.reopen();
+      logger.info({ accessLog: destination }, 'access log reopened');
+    },
     close: async () => {
       batch.flush();
       await endDestination(stream);
@@ -240,6 +265,8 @@ export function createAccessLog(logger: Logger, destination = 'stdout', opts: Ac
 
 /** For tests: the bounds of a file destination, which the defaults set for production. */
 export interface AccessFileOptions {
+  /** Whether lines are written at all (`logLevel: silent`); by default, whether `logger` is silent. */
+  readonly silent?: boolean;
   /** Bytes of lines held while the file refuses writes; beyond it lines are dropped. */
   readonly heldLimit?: number;
   /** The least time between two reports of failing writes. */
@@ -266,16 +293,22 @@ function stderrDestination(heldLimit: number): Destination {
  * device) may block while its reader is slow, so it is written
  * asynchronously, as stdout is.
  */
-function fileDestination(file: string, heldLimit: number): Destination {
-  let fd: number;
+function fileDestination(file: string, heldLimit: number): { stream: Destination; regularFile: boolean } {
+  let sync: boolean;
   try {
     makeDirectory(path.dirname(file));
-    fd = openSync(file, 'a');
+    // Opened here first to fail with a clear error, and to see what the file is.
+    const fd = openSync(file, 'a');
+    try {
+      sync = fstatSync(fd).isFile();
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
     throw new Error(`accessLog: cannot open ${file}: ${(e as Error).message}`);
   }
-  const sync = fstatSync(fd).isFile();
-  return pino.destination({ dest: fd, sync, maxLength: heldLimit });
+  // By name, not by descriptor: sonic-boom can only reopen a file it opened by name.
+  return { stream: pino.destination({ dest: file, append: true, sync, maxLength: heldLimit }), regularFile: sync };
 }
 
 /**

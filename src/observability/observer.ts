@@ -24,6 +24,15 @@ export interface Observer {
   reload(result: 'applied' | 'rejected'): void;
   /** Prometheus exposition for the admin `/metrics`. */
   metrics(): Promise<{ contentType: string; body: string }>;
+  /** Opens the access log file again by its name (log rotation: SIGUSR1, SIGHUP). */
+  reopenAccessLog(): void;
+  /**
+   * Opens the access log a reload names, without using it yet: throws, naming
+   * the file, when it cannot be opened, so the reload can be rejected first.
+   */
+  openAccessLog(destination: string | undefined, silent: boolean): AccessLog;
+  /** Writes access lines to `next` from now on; the one before is written out and closed. */
+  useAccessLog(next: AccessLog): Promise<void>;
   /** Flushes the access log and releases the registry. */
   close(): Promise<void>;
 }
@@ -40,7 +49,7 @@ export interface ObserverOptions extends MetricsSources {
  */
 export function createObserver(logger: Logger, opts: ObserverOptions = {}): Observer {
   const metrics = new LegateMetrics(opts);
-  const access: AccessLog = createAccessLog(logger, opts.accessLog);
+  let access: AccessLog = createAccessLog(logger, opts.accessLog);
   // A failure here must not become the request's failure, nor flood the log.
   let failures = 0;
   return {
@@ -62,6 +71,15 @@ export function createObserver(logger: Logger, opts: ObserverOptions = {}): Obse
       metrics.reload(result);
     },
     metrics: () => metrics.exposition(),
+    reopenAccessLog() {
+      access.reopen();
+    },
+    openAccessLog: (destination, silent) => createAccessLog(logger, destination, { silent }),
+    async useAccessLog(next) {
+      const before = access;
+      access = next;
+      await before.close();
+    },
     async close() {
       await access.close();
       metrics.close();

@@ -5,7 +5,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -146,6 +146,35 @@ describe('access log and metrics after real traffic', () => {
       }
     }
   });
+
+  it('stops and resumes access lines when a reload sets logLevel to silent and back', async () => {
+    // LOG_LEVEL, when set, overrides logLevel on reload as at start.
+    const saved = process.env.LOG_LEVEL;
+    delete process.env.LOG_LEVEL;
+    try {
+      const up = await upstream();
+      const yaml = (level: string): string => `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nlogLevel: ${level}\nroutes:\n  - name: api\n    upstream: ${up.url}\n`;
+      const legate = await inProcess(yaml('info'));
+      let sent = 0;
+      // Until legate has recorded the request (its access line, if any, is written at the same point).
+      const send = async (id: string): Promise<void> => {
+        expect((await request({ port: legate.proxyPort, path: '/x', headers: { 'x-request-id': id } })).status).toBe(200);
+        sent += 1;
+        await waitFor(async () => {
+          const families = parsePrometheusText((await legate.app.observer.metrics()).body);
+          return sampleValue(families, 'legate_requests_total', { route: 'api', method: 'GET', status: '200' }) === sent ? true : undefined;
+        }, `request ${id} recorded`);
+      };
+      await send('a');
+      expect((await legate.app.reloadText(yaml('silent'))).ok).toBe(true);
+      await send('b');
+      expect((await legate.app.reloadText(yaml('info'))).ok).toBe(true);
+      await send('c');
+      expect(legate.logs.lines.filter((l) => l.msg === 'access').map((l) => l.requestId)).toEqual(['a', 'c']);
+    } finally {
+      if (saved !== undefined) process.env.LOG_LEVEL = saved;
+    }
+  });
 });
 
 describe('the CLI', () => {
@@ -222,6 +251,85 @@ describe('the CLI', () => {
     expect(lines.map((l) => l.requestId)).toEqual(Array.from({ length: 20 }, (_, i) => `file-${i}`));
     expect(lines[0]).toMatchObject({ msg: 'access', route: 'api', path: '/x/0', status: 200 });
     expect(p.lines.filter((l) => l.msg === 'access')).toEqual([]);
+  });
+
+  /** The access lines of a file, by request id. */
+  const idsIn = (file: string): string[] =>
+    readFileSync(file, 'utf8')
+      .trimEnd()
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => (JSON.parse(l) as { requestId: string }).requestId);
+
+  it.each(['SIGUSR1', 'SIGHUP'] as const)('reopens the access log file on %s, after writing out the lines so far to the old one', async (signal) => {
+    const up = await upstream();
+    const dir = tempDir();
+    const configFile = path.join(dir, 'routes.yaml');
+    const file = path.join(dir, 'access.log');
+    writeFileSync(configFile, `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccessLog: access.log\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
+    const p = await cli('', { configFile });
+    const send = async (id: string): Promise<void> => {
+      expect((await request({ port: p.proxyPort, path: '/x', headers: { 'x-request-id': id } })).status).toBe(200);
+    };
+    await send('before-0');
+    await send('before-1');
+    // What logrotate does before it signals: the file is moved away, legate still has it open.
+    renameSync(file, `${file}.1`);
+    await send('moved-0');
+    p.child.kill(signal);
+    await p.waitForLine((l) => l.msg === 'access log reopened', 'access log reopened');
+    await send('after-0');
+    await send('after-1');
+    expect(await p.stop('SIGTERM')).toBe(0);
+    expect(idsIn(`${file}.1`)).toEqual(['before-0', 'before-1', 'moved-0']);
+    expect(idsIn(file)).toEqual(['after-0', 'after-1']);
+    expect(p.lines.filter((l) => l.level === 'error' || l.level === 50)).toEqual([]);
+  });
+
+  it('keeps writing to the open file, and says so, when the access log cannot be reopened', async () => {
+    const up = await upstream();
+    const dir = tempDir();
+    const logs = path.join(dir, 'logs');
+    mkdirSync(logs);
+    const configFile = path.join(dir, 'routes.yaml');
+    writeFileSync(configFile, `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccessLog: logs/access.log\nroutes:\n  - name: api\n    upstream: ${up.url}\n`);
+    const p = await cli('', { configFile });
+    expect((await request({ port: p.proxyPort, path: '/x', headers: { 'x-request-id': 'first' } })).status).toBe(200);
+    // The directory moved away whole: its name no longer leads anywhere.
+    renameSync(logs, `${logs}.old`);
+    p.child.kill('SIGUSR1');
+    const failed = await p.waitForLine((l) => typeof l.msg === 'string' && l.msg.startsWith('access log not reopened'), 'the failed reopen');
+    expect(failed).toMatchObject({ accessLog: path.join(logs, 'access.log'), err: expect.stringContaining('ENOENT') });
+    expect((await request({ port: p.proxyPort, path: '/x', headers: { 'x-request-id': 'second' } })).status).toBe(200);
+    expect(await p.stop('SIGTERM')).toBe(0);
+    expect(idsIn(path.join(`${logs}.old`, 'access.log'))).toEqual(['first', 'second']);
+  });
+
+  it('switches the access log on reload, and rejects a reload whose access log cannot be opened', async () => {
+    const up = await upstream();
+    const dir = tempDir();
+    const configFile = path.join(dir, 'routes.yaml');
+    const config = (accessLog: string): string => `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\naccessLog: ${accessLog}\nroutes:\n  - name: api\n    upstream: ${up.url}\n`;
+    writeFileSync(configFile, config('stdout'));
+    writeFileSync(path.join(dir, 'not-a-directory'), '');
+    const p = await cli('', { configFile });
+    const send = async (id: string): Promise<void> => {
+      expect((await request({ port: p.proxyPort, path: '/x', headers: { 'x-request-id': id } })).status).toBe(200);
+    };
+    await send('on-stdout');
+    writeFileSync(configFile, config('switched.log'));
+    p.child.kill('SIGHUP');
+    await p.waitForLine((l) => l.msg === 'access log switched', 'access log switched');
+    await send('in-file');
+    writeFileSync(configFile, config('not-a-directory/access.log'));
+    p.child.kill('SIGHUP');
+    const rejected = await p.waitForLine((l) => l.msg === 'config reload rejected; the previous config keeps serving', 'reload rejected');
+    expect(JSON.stringify(rejected.errors)).toContain('not-a-directory');
+    await send('still-in-file');
+    expect(await p.stop('SIGTERM')).toBe(0);
+    expect(p.lines.filter((l) => l.msg === 'access').map((l) => l.requestId)).toEqual(['on-stdout']);
+    expect(idsIn(path.join(dir, 'switched.log'))).toEqual(['in-file', 'still-in-file']);
+    expect(p.lines.some((l) => typeof l.msg === 'string' && l.msg.includes('takes effect on restart'))).toBe(false);
   });
 
   // prlimit caps the size of any file legate writes: past it a write fails with EFBIG, as on a full disk.
