@@ -263,7 +263,7 @@ export function createAccessLog(logger: Logger, destination = 'stdout', opts: Ac
   };
 }
 
-/** For tests: the bounds of a file destination, which the defaults set for production. */
+/** Whether lines are written at all, and (for tests) the bounds of a file destination, which the defaults set for production. */
 export interface AccessFileOptions {
   /** Whether lines are written at all (`logLevel: silent`); by default, whether `logger` is silent. */
   readonly silent?: boolean;

@@ -253,6 +253,10 @@ describe('the CLI', () => {
     expect(p.lines.filter((l) => l.msg === 'access')).toEqual([]);
   });
 
+  /** Until legate has recorded `n` GETs on route `api` (an access line is written at the same point). */
+  const recorded = (adminPort: number, n: number): Promise<true> =>
+    waitFor(async () => (sampleValue(await scrape(adminPort), 'legate_requests_total', { route: 'api', method: 'GET', status: '200' }) === n ? true : undefined), `${n} requests recorded`);
+
   /** The access lines of a file, by request id. */
   const idsIn = (file: string): string[] =>
     readFileSync(file, 'utf8')
@@ -276,6 +280,7 @@ describe('the CLI', () => {
     // What logrotate does before it signals: the file is moved away, legate still has it open.
     renameSync(file, `${file}.1`);
     await send('moved-0');
+    await recorded(p.adminPort, 3);
     p.child.kill(signal);
     await p.waitForLine((l) => l.msg === 'access log reopened', 'access log reopened');
     await send('after-0');
@@ -317,6 +322,7 @@ describe('the CLI', () => {
       expect((await request({ port: p.proxyPort, path: '/x', headers: { 'x-request-id': id } })).status).toBe(200);
     };
     await send('on-stdout');
+    await recorded(p.adminPort, 1);
     writeFileSync(configFile, config('switched.log'));
     p.child.kill('SIGHUP');
     await p.waitForLine((l) => l.msg === 'access log switched', 'access log switched');
