@@ -7,7 +7,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { composeChain } from './chain.js';
 import { formatIssue, loadConfigText } from './config/load.js';
-import type { HostPort, LegateConfig, RouteSettings } from './config/model.js';
+import type { HostPort, LegateConfig, RouteSettings, ServerLimits } from './config/model.js';
 import { createForwarder, type Forwarder } from './layers/forward.js';
 import { hasHeaderRules, headerRulesOf } from './layers/header-rules.js';
 import type { AccessLog } from './observability/access-log.js';
@@ -15,7 +15,7 @@ import type { Logger } from './observability/logger.js';
 import { createObserver, type Observer } from './observability/observer.js';
 import { TlsAgents } from './tls/tls-agents.js';
 import { createAdminListener } from './server/admin-listener.js';
-import { createProxyListener, type EarlyOutcome } from './server/proxy-listener.js';
+import { applyServerLimits, createProxyListener, type EarlyOutcome } from './server/proxy-listener.js';
 import type { RequestContext } from './proxy/context.js';
 import { AgentPool, httpAgentFactory } from './runtime/agents.js';
 import { buildGeneration, droppedStates, type Generation, MAIN_LISTENER } from './runtime/generation.js';
@@ -94,6 +94,10 @@ export function configView(config: LegateConfig): unknown {
   };
 }
 
+function sameLimits(a: ServerLimits, b: ServerLimits): boolean {
+  return a.maxConnections === b.maxConnections && a.headersTimeoutMs === b.headersTimeoutMs && a.requestTimeoutMs === b.requestTimeoutMs && a.maxHeaderSizeBytes === b.maxHeaderSizeBytes;
+}
+
 export class LegateApp {
   readonly logger: Logger;
   readonly observer: Observer;
@@ -144,7 +148,7 @@ export class LegateApp {
     return this.#active;
   }
 
-  #listenerHost(key: string) {
+  #listenerHost(key: string, limits: ServerLimits) {
     return createProxyListener(
       {
         current: () => this.#generation,
@@ -160,7 +164,7 @@ export class LegateApp {
           ),
       },
       key,
-      this.#generation.config.limits,
+      limits,
     );
   }
 
@@ -173,7 +177,7 @@ export class LegateApp {
   /** Binds every listener; rejects (and closes what it opened) if one cannot bind. */
   async start(): Promise<void> {
     const config = this.#generation.config;
-    const proxy = this.#listenerHost(MAIN_LISTENER);
+    const proxy = this.#listenerHost(MAIN_LISTENER, config.limits);
     this.#track(proxy);
     const admin = createAdminListener({
       ready: () => this.#ready,
@@ -221,7 +225,7 @@ export class LegateApp {
     try {
       for (const [key, at] of wanted) {
         if (this.#routeListeners.has(key)) continue;
-        const server = this.#listenerHost(key);
+        const server = this.#listenerHost(key, gen.config.limits);
         this.#track(server);
         await listen(server, at);
         this.#routeListeners.set(key, server);
@@ -309,6 +313,11 @@ export class LegateApp {
     this.#tls.retain(next.agentIds);
     this.#tls.preload(config.routes.flatMap((r) => r.upstream.endpoints));
     this.observer.reload('applied');
+    if (!sameLimits(config.limits, previous.config.limits)) {
+      // Route listeners opened by this reload were made with them already.
+      for (const server of [this.#proxy, ...this.#routeListeners.values()]) if (server !== undefined) applyServerLimits(server, config.limits);
+      this.logger.info({ limits: config.limits }, 'server limits applied');
+    }
     if (newAccessLog !== undefined) {
       this.#accessLog = accessLog;
       this.observer.useAccessLog(newAccessLog).catch((e: unknown) => {

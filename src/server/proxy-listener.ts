@@ -96,11 +96,28 @@ function namesAdmin(target: RequestTarget, admin: { host: string; port: number }
   return LOOPBACK_NAMES.has(host) || host.startsWith('127.') || host === admin.host || host === `[${bare}]` || bare === '0.0.0.0' || bare === '::';
 }
 
-/** The interval at which Node checks headersTimeout/requestTimeout; its default (30 s) would let a 10 s limit run three times over. */
+/**
+ * The interval at which Node checks headersTimeout/requestTimeout; its default (30 s) would let a 10 s
+ * limit run three times over. Fixed when the listener is made: at most 1 s even with both timeouts off,
+ * so that a reload that turns one on is enforced as promptly (a check with both off returns at once).
+ */
 function checkingIntervalMs(limits: ServerLimits): number {
   const timeouts = [limits.headersTimeoutMs, limits.requestTimeoutMs].filter((t) => t > 0);
-  if (timeouts.length === 0) return 30_000;
+  if (timeouts.length === 0) return 1_000;
   return Math.max(50, Math.min(1_000, Math.floor(Math.min(...timeouts) / 4)));
+}
+
+/**
+ * Applies `limits` to a listener made by createProxyListener (a reload): maxConnections and maxHeaderSize
+ * from the next connection accepted, headersTimeout and requestTimeout from Node's next check of the
+ * connections open. The checking interval stays the one set when the listener was made.
+ */
+export function applyServerLimits(server: Server, limits: ServerLimits): void {
+  server.maxConnections = limits.maxConnections;
+  server.headersTimeout = limits.headersTimeoutMs;
+  server.requestTimeout = limits.requestTimeoutMs;
+  // An own property Node reads when it sets up each new connection's parser (lib/_http_server.js).
+  (server as Server & { maxHeaderSize: number }).maxHeaderSize = limits.maxHeaderSizeBytes;
 }
 
 /** After legate's last answer on a connection, the app has LINGER_MS to read it and close; then the socket goes. */
@@ -299,7 +316,7 @@ export function createProxyListener(host: ProxyListenerHost, listenerKey: string
   let lastDrop: DropArgument | undefined;
   let dropTimer: NodeJS.Timeout | undefined;
   const reportDrops = (): void => {
-    if (dropped > 0) host.onConnectionsDropped?.(dropped, limits.maxConnections, lastDrop);
+    if (dropped > 0) host.onConnectionsDropped?.(dropped, server.maxConnections, lastDrop);
     dropped = 0;
   };
   server.on('drop', (data?: DropArgument) => {

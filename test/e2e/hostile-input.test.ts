@@ -459,5 +459,48 @@ describe('listener safety (in-process)', () => {
         await upstream.close();
       }
     });
+
+    it('a reload applies limits to the listeners already open: maxConnections, maxHeaderSize, headersTimeout', async () => {
+      const upstream = await startFaulty(() => ok);
+      const yaml = (limits: string): string =>
+        `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nlimits: ${limits}\nroutes:\n  - name: r\n    match: { pathPrefix: /r }\n    upstream: ${upstream.url}\n` +
+        `  - name: side\n    listen: 127.0.0.1:0\n    upstream: ${upstream.url}\n`;
+      const l = await startApp(yaml('{ maxConnections: 2, maxHeaderSize: 8KiB, headersTimeout: 30s }'));
+      const side = Number(l.app.address('127.0.0.1:0')?.split(':').pop());
+      // Under the upstream's own limit (Node's default, 16 KiB), over legate's first one.
+      const bigHeaders = `GET /r HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(12 * 1024)}\r\n\r\n`;
+      const statusOf = async (port: number, bytes: string): Promise<number | undefined> =>
+        parseResponses((await wire(port, bytes, { responses: 1, timeoutMs: 4_000 })).bytes)[0]?.status;
+      const sockets: net.Socket[] = [];
+      try {
+        expect(await statusOf(l.proxyPort, bigHeaders)).toBe(431);
+        expect(await statusOf(side, bigHeaders)).toBe(431);
+        for (let i = 0; i < 2; i++) sockets.push(await open(l.proxyPort));
+        expect(await Promise.all(sockets.map(ask))).toEqual([200, 200]);
+        const third = await open(l.proxyPort);
+        expect(await ask(third)).toBe(0);
+        // Opened before the reload and silent: under 30 s nothing happens to it; under 1 s it gets its 408.
+        const silentBefore = wire(l.proxyPort, '', { timeoutMs: 6_000 });
+
+        expect((await l.app.reloadText(yaml('{ maxConnections: 4, maxHeaderSize: 16KiB, headersTimeout: 1s }'))).ok).toBe(true);
+        expect(l.logs.lines.find((x) => x.msg === 'server limits applied')).toBeDefined();
+        expect(await statusOf(l.proxyPort, bigHeaders)).toBe(200);
+        expect(await statusOf(side, bigHeaders)).toBe(200);
+        const before = await silentBefore;
+        expect(parseResponses(before.bytes)[0]?.status).toBe(408);
+        expect(before.closedByPeer).toBe(true);
+        // The two kept-alive connections and two more fit under 4; a fifth does not.
+        const more = [await open(l.proxyPort), await open(l.proxyPort)];
+        sockets.push(...more);
+        expect(await Promise.all(more.map(ask))).toEqual([200, 200]);
+        const fifth = await open(l.proxyPort);
+        sockets.push(fifth);
+        expect(await ask(fifth)).toBe(0);
+      } finally {
+        for (const s of sockets) s.destroy();
+        await l.stop();
+        await upstream.close();
+      }
+    });
   });
 });
