@@ -30,14 +30,15 @@ export interface ReloadResult {
 }
 
 async function listen(server: Server, at: HostPort): Promise<void> {
+  const listening = once(server, 'listening');
   server.listen(at.port, at.host.replace(/^\[|\]$/g, ''));
-  await Promise.race([
-    once(server, 'listening'),
-    once(server, 'error').then(([e]: unknown[]) => {
-      const err = e as NodeJS.ErrnoException;
-      throw new Error(`cannot listen on ${at.text}: ${err.code ?? err.message}`);
-    }),
-  ]);
+  try {
+    // once() rejects with the 'error' event's error (a port taken, an address not ours).
+    await listening;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new Error(`cannot listen on ${at.text}: ${err.code ?? err.message}`);
+  }
 }
 
 async function close(server: Server): Promise<void> {
@@ -108,6 +109,10 @@ export class LegateApp {
   #proxy: Server | undefined;
   #admin: Server | undefined;
   readonly #routeListeners = new Map<string, Server>();
+  /** The reload in progress, if any: the next waits for it. */
+  #reloads: Promise<unknown> = Promise.resolve();
+  /** Listeners a reload moved away from, closing as their last requests end. */
+  readonly #retiring = new Set<Server>();
   #ready = false;
   #draining = false;
   #stopping: Promise<void> | undefined;
@@ -168,6 +173,15 @@ export class LegateApp {
     );
   }
 
+  #adminListener(): Server {
+    return createAdminListener({
+      ready: () => this.#ready,
+      draining: () => this.#draining,
+      configView: () => configView(this.#generation.config),
+      metrics: () => this.observer.metrics(),
+    });
+  }
+
   #onComplete(outcome: RequestContext | EarlyOutcome): void {
     this.observer.onComplete(outcome);
     this.#active--;
@@ -179,12 +193,7 @@ export class LegateApp {
     const config = this.#generation.config;
     const proxy = this.#listenerHost(MAIN_LISTENER, config.limits);
     this.#track(proxy);
-    const admin = createAdminListener({
-      ready: () => this.#ready,
-      draining: () => this.#draining,
-      configView: () => configView(this.#generation.config),
-      metrics: () => this.observer.metrics(),
-    });
+    const admin = this.#adminListener();
     try {
       await listen(proxy, config.listen);
       this.#proxy = proxy;
@@ -242,7 +251,7 @@ export class LegateApp {
     for (const [key, server] of this.#routeListeners) {
       if (!wanted.has(key)) {
         this.#routeListeners.delete(key);
-        void close(server);
+        this.#retire(server);
       }
     }
   }
@@ -274,11 +283,19 @@ export class LegateApp {
     return this.apply(loaded.config);
   }
 
-  async apply(config: LegateConfig): Promise<ReloadResult> {
+  /**
+   * Swaps in `config` (already validated). Reloads run one at a time, each
+   * against what the one before left: a file watcher's and a SIGHUP's for
+   * the same edit must not both try to bind a moved listener.
+   */
+  apply(config: LegateConfig): Promise<ReloadResult> {
+    const run = this.#reloads.then(() => this.#apply(config));
+    this.#reloads = run.catch(() => undefined);
+    return run;
+  }
+
+  async #apply(config: LegateConfig): Promise<ReloadResult> {
     const previous = this.#generation;
-    const restartOnly: string[] = [];
-    if (config.listen.text !== previous.config.listen.text) restartOnly.push('listen');
-    if (config.admin.text !== previous.config.admin.text) restartOnly.push('admin');
     const rejected = (e: unknown): ReloadResult => {
       const errors = [(e as Error).message];
       this.observer.reload('rejected');
@@ -296,12 +313,35 @@ export class LegateApp {
         return rejected(e);
       }
     }
+    // A changed `listen` or `admin` is bound before anything changes, next to the old address (a port
+    // already taken rejects the reload); the old listener closes once the new config is in.
+    const moved: Array<{ which: 'proxy' | 'admin'; server: Server; was: string }> = [];
+    if (this.#proxy !== undefined) {
+      try {
+        if (config.listen.text !== previous.config.listen.text) {
+          const server = this.#listenerHost(MAIN_LISTENER, config.limits);
+          this.#track(server);
+          moved.push({ which: 'proxy', server, was: previous.config.listen.text });
+          await listen(server, config.listen);
+        }
+        if (config.admin.text !== previous.config.admin.text) {
+          const server = this.#adminListener();
+          moved.push({ which: 'admin', server, was: previous.config.admin.text });
+          await listen(server, config.admin);
+        }
+      } catch (e) {
+        for (const m of moved) void close(m.server);
+        void newAccessLog?.close();
+        return rejected(e);
+      }
+    }
     const next = this.#build(config, previous);
     try {
       await this.#syncRouteListeners(next);
     } catch (e) {
       // The new generation never served: stop its discoveries and file watchers and unhook its balancers.
       next.retire(droppedStates(next, previous));
+      for (const m of moved) void close(m.server);
       void newAccessLog?.close();
       return rejected(e);
     }
@@ -313,6 +353,7 @@ export class LegateApp {
     this.#tls.retain(next.agentIds);
     this.#tls.preload(config.routes.flatMap((r) => r.upstream.endpoints));
     this.observer.reload('applied');
+    for (const m of moved) this.#moveTo(m.which, m.server, m.was);
     if (!sameLimits(config.limits, previous.config.limits)) {
       // Route listeners opened by this reload were made with them already.
       for (const server of [this.#proxy, ...this.#routeListeners.values()]) if (server !== undefined) applyServerLimits(server, config.limits);
@@ -327,10 +368,28 @@ export class LegateApp {
     }
     const kept = next.routes.filter((r) => previous.routes.some((p) => p.state === r.state)).map((r) => r.name);
     this.logger.info({ file: config.file, routes: next.routes.length, keptState: kept }, 'config reload applied');
-    if (restartOnly.length > 0) {
-      this.logger.warn({ keys: restartOnly }, `changed ${restartOnly.join(', ')} takes effect on restart`);
-    }
     return { ok: true, errors: [] };
+  }
+
+  /** Stops `server` accepting; its requests in flight finish, and each connection closes after its last response. */
+  #retire(server: Server): void {
+    this.#retiring.add(server);
+    // As in a drain: read when a response finishes, so a connection closes right after it.
+    server.keepAliveTimeout = 1;
+    void close(server).then(() => this.#retiring.delete(server));
+  }
+
+  /** Puts `server`, already bound, in place of the proxy or admin listener; the old one closes as its requests end. */
+  #moveTo(which: 'proxy' | 'admin', server: Server, was: string): void {
+    const old = which === 'proxy' ? this.#proxy : this.#admin;
+    if (which === 'proxy') this.#proxy = server;
+    else this.#admin = server;
+    this.#adminAddress = this.address('admin');
+    if (old !== undefined) this.#retire(old);
+    const address = this.address(which);
+    this.logger.info({ listener: which, address, was }, `${which} listener moved to ${address ?? '?'}`);
+    const at = which === 'proxy' ? this.#generation.config.listen : this.#generation.config.admin;
+    if (!isLoopbackHost(at.host)) this.logger.warn({ address: at.text }, `listening on ${at.text}, which is reachable from other hosts`);
   }
 
   /**
@@ -399,7 +458,7 @@ export class LegateApp {
   }
 
   async #closeAll(): Promise<void> {
-    const servers = [this.#proxy, this.#admin, ...this.#routeListeners.values()].filter((s): s is Server => s !== undefined);
+    const servers = [this.#proxy, this.#admin, ...this.#routeListeners.values(), ...this.#retiring].filter((s): s is Server => s !== undefined);
     for (const s of servers) s.closeAllConnections();
     await Promise.all(servers.map(close));
     if (this.#active > 0) {

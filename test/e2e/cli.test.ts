@@ -4,6 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -139,6 +140,25 @@ describe('legate CLI', () => {
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/routes\[0\]\.name/);
     expect(r.stderr).toMatch(/routes\[0\]\.upstream/);
+  });
+
+  it('refuses to start on a port something else holds, naming the address and why', async () => {
+    const squatter = net.createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    try {
+      const taken = (squatter.address() as net.AddressInfo).port;
+      const file = path.join(tempDir(), 'routes.yaml');
+      writeFileSync(file, `listen: 127.0.0.1:${taken}\nadmin: 127.0.0.1:0\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:9\n`);
+      const r = await cli('--config', file);
+      expect(r.code).toBe(1);
+      const fatal = r.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { level: string; msg: string; err: string });
+      expect(fatal).toEqual([expect.objectContaining({ level: 'fatal', msg: 'legate could not start', err: `cannot listen on 127.0.0.1:${taken}: EADDRINUSE` })]);
+    } finally {
+      await new Promise((r) => squatter.close(r));
+    }
   });
 
   // Under /proc a parent exists but takes no child: Node's recursive mkdir spins there for ever.

@@ -4,12 +4,13 @@
  * request finishing, keep-alive connections closed, logs written out, exit
  * 0 — plus the drain timeout and the second signal that exits at once.
  */
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { request } from '../helpers/client.js';
-import { startCli, waitFor, type CliProcess } from '../helpers/legate.js';
-import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { startApp, startCli, waitFor, type CliProcess } from '../helpers/legate.js';
+import { freePort, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -157,5 +158,64 @@ describe('graceful drain', () => {
     p.child.kill('SIGINT');
     expect(await p.exited).toBe(0);
     expect(p.lines.find((l) => l.msg === 'signal received: draining (send it again to exit at once)')).toMatchObject({ signal: 'SIGINT' });
+  });
+});
+
+describe('listen and admin changed by a reload', () => {
+  it('binds the new addresses, lets a request in flight on the old one finish and closes its connections; a taken port rejects the reload', async () => {
+    const up = await slowUpstream();
+    const p = await cli(`routes:\n  - name: api\n    upstream: ${up.url}\n`);
+    const [newProxy, newAdmin] = [await freePort(), await freePort()];
+    const agent = new http.Agent({ keepAlive: true });
+    cleanups.push(async () => agent.destroy());
+    // One request in flight on the old proxy address while the reload moves it.
+    const slow = keepAliveGet(agent, p.proxyPort, '/slow');
+    await waitFor(() => (up.seen.some((r) => r.url === '/slow') ? true : undefined), 'the slow request upstream');
+
+    const text = readFileSync(p.configFile, 'utf8');
+    writeFileSync(p.configFile, text.replace('listen: 127.0.0.1:0', `listen: 127.0.0.1:${newProxy}`).replace('admin: 127.0.0.1:0', `admin: 127.0.0.1:${newAdmin}`));
+    p.child.kill('SIGHUP');
+    await p.waitForLine((l) => l.msg === `proxy listener moved to 127.0.0.1:${newProxy}`, 'proxy listener moved');
+    await p.waitForLine((l) => l.msg === `admin listener moved to 127.0.0.1:${newAdmin}`, 'admin listener moved');
+    expect(p.lines.some((l) => typeof l.msg === 'string' && l.msg.includes('takes effect on restart'))).toBe(false);
+
+    expect((await request({ port: newProxy, path: '/quick' })).status).toBe(200);
+    expect((await request({ port: newAdmin, path: '/readyz' })).status).toBe(200);
+    expect(await connectError(p.proxyPort)).toBe('ECONNREFUSED');
+    expect(await connectError(p.adminPort)).toBe('ECONNREFUSED');
+    up.release();
+    const done = await slow;
+    if ('error' in done) throw new Error(done.error);
+    expect([done.status, done.body]).toEqual([200, 'done /slow']);
+    // Its connection closed by legate right after the response, not kept alive on an address given up.
+    await closed(done.socket);
+
+    // A port something else holds: the reload is rejected and the addresses stay.
+    const squatter = net.createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => squatter.close(r)));
+    const taken = (squatter.address() as net.AddressInfo).port;
+    writeFileSync(p.configFile, readFileSync(p.configFile, 'utf8').replace(`listen: 127.0.0.1:${newProxy}`, `listen: 127.0.0.1:${taken}`));
+    p.child.kill('SIGHUP');
+    const rejected = await p.waitForLine((l) => l.msg === 'config reload rejected; the previous config keeps serving', 'reload rejected');
+    expect(JSON.stringify(rejected.errors)).toContain(`cannot listen on 127.0.0.1:${taken}: EADDRINUSE`);
+    expect((await request({ port: newProxy, path: '/quick' })).status).toBe(200);
+    expect(await p.stop('SIGTERM')).toBe(0);
+  });
+
+  it('runs two reloads of the same move one after the other: both apply, the second finds nothing to move', async () => {
+    const up = await slowUpstream();
+    const yaml = (listen: string): string => `listen: ${listen}\nadmin: 127.0.0.1:0\nroutes:\n  - name: api\n    upstream: ${up.url}\n`;
+    const l = await startApp(yaml('127.0.0.1:0'));
+    cleanups.push(() => l.stop());
+    const port = await freePort();
+    // As a file watcher and a SIGHUP do for one edit.
+    const results = await Promise.all([l.app.reloadText(yaml(`127.0.0.1:${port}`)), l.app.reloadText(yaml(`127.0.0.1:${port}`))]);
+    expect(results).toEqual([
+      { ok: true, errors: [] },
+      { ok: true, errors: [] },
+    ]);
+    expect(l.logs.lines.filter((x) => x.msg === `proxy listener moved to 127.0.0.1:${port}`)).toHaveLength(1);
+    expect((await request({ port, path: '/quick' })).status).toBe(200);
   });
 });

@@ -185,7 +185,9 @@ describe('the CLI', () => {
       echo(req, res, Buffer.alloc(0), 0);
     });
     const dead = await deadPort();
-    const p = await cli(`routes:
+    const p = await cli(`listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+routes:
   - name: api
     match: { pathPrefix: /api }
     upstream: ${up.url}
@@ -223,7 +225,7 @@ describe('the CLI', () => {
   it('counts reloads applied and rejected, and logs the errors of a rejected one', async () => {
     const up = await upstream();
     const good = `listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nroutes:\n  - name: api\n    upstream: ${up.url}\n`;
-    const p = await cli(good.split('\n').slice(2).join('\n'));
+    const p = await cli(good);
     writeFileSync(p.configFile, good.replace('name: api', 'name: api\n    retry: { retries: three }'));
     p.child.kill('SIGHUP');
     const rejected = await p.waitForLine((l) => l.msg === 'config reload rejected; the previous config keeps serving', 'reload rejected');
