@@ -126,9 +126,13 @@ export function bytesIn(ctx: RequestContext): number | null {
  * Node would let us read back, so there is no exact fallback).
  */
 export function bytesOut(ctx: RequestContext): number | null {
-  const res = ctx.appResponse;
+  return responseBodyBytes(ctx.method, ctx.appResponse);
+}
+
+/** The body bytes a response to the app carried, as its counting class saw them; null when it cannot say. */
+export function responseBodyBytes(method: string, res: ServerResponse): number | null {
   // Node sends no body for these whatever is written.
-  if (ctx.method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304) return res.headersSent ? 0 : null;
+  if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304) return res.headersSent ? 0 : null;
   return (res as Partial<Counted>)[BODY_BYTES] ?? null;
 }
 
@@ -154,8 +158,9 @@ export function accessLine(outcome: RequestContext | EarlyOutcome, now: number):
       attempts: 0,
       durationMs: round3(now - outcome.startedAt),
       upstreamMs: null,
+      // The app's body, if any, was never read.
       bytesIn: null,
-      bytesOut: null,
+      bytesOut: outcome.bytesOut,
       error: outcome.errorCode,
       optOut: NONE,
       optOutDenied: NONE,

@@ -17,7 +17,7 @@ import type { DropArgument, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { HostPort, ServerLimits } from '../config/model.js';
 import { LegateError, toLegateError } from '../errors.js';
-import { CountingIncomingMessage, CountingServerResponse } from '../observability/access-log.js';
+import { CountingIncomingMessage, CountingServerResponse, responseBodyBytes } from '../observability/access-log.js';
 import { RequestContext } from '../proxy/context.js';
 import { appRequestId, upstreamRequestHeaders } from '../proxy/headers.js';
 import { AppRequestError, sendError, sendUpstreamResponse } from '../proxy/respond.js';
@@ -64,6 +64,8 @@ export interface EarlyOutcome {
   readonly status: number;
   readonly errorCode: string;
   readonly startedAt: number;
+  /** Body bytes of the answer, as for a routed request. */
+  readonly bytesOut: number | null;
 }
 
 const LOOPBACK = /^(127\.|::1$|::ffff:127\.)/;
@@ -205,6 +207,7 @@ export function createProxyListener(host: ProxyListenerHost, listenerKey: string
       status: err.status,
       errorCode: err.code,
       startedAt,
+      bytesOut: responseBodyBytes(req.method ?? '', res),
     });
   };
 
@@ -361,6 +364,7 @@ export function createProxyListener(host: ProxyListenerHost, listenerKey: string
       status: 405,
       errorCode: 'connect-unsupported',
       startedAt: performance.now(),
+      bytesOut: Buffer.byteLength(body),
     });
   });
 

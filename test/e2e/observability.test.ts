@@ -83,7 +83,8 @@ describe('access log and metrics after real traffic', () => {
     expect((await send('/api/items', 'obs-post', { method: 'POST', body: 'b'.repeat(1234) })).status).toBe(200);
     expect((await send('/api/quiet', 'obs-quiet', { headers: { 'x-legate-opt-out': 'log' } })).status).toBe(200);
     expect((await send('/dead/x', 'obs-dead')).status).toBe(502);
-    expect((await send('/nowhere?token=t', 'obs-none', { method: 'PROPFIND' })).status).toBe(404);
+    const none = await send('/nowhere?token=t', 'obs-none', { method: 'PROPFIND' });
+    expect(none.status).toBe(404);
 
     const line = (id: string) => waitFor(() => l.logs.lines.find((x) => x.requestId === id && x.msg === 'access'), `access line ${id}`);
     const get = await line('obs-get');
@@ -111,7 +112,7 @@ describe('access log and metrics after real traffic', () => {
       expect.objectContaining({ endpoint: `127.0.0.1:${dead}`, error: 'upstream-connect-failure', retryReason: 'connect-failure' }),
       expect.objectContaining({ endpoint: `127.0.0.1:${dead}`, error: 'upstream-connect-failure' }),
     ]);
-    expect(await line('obs-none')).toMatchObject({ method: 'PROPFIND', path: '/nowhere', route: null, status: 404, error: 'no-route', attempts: 0, tries: [] });
+    expect(await line('obs-none')).toMatchObject({ method: 'PROPFIND', path: '/nowhere', route: null, status: 404, error: 'no-route', attempts: 0, tries: [], bytesIn: null, bytesOut: Buffer.byteLength(none.body) });
     // The opted-out request was served but is in no line; the ones after it were logged, so it is not merely late.
     expect(l.logs.lines.filter((x) => x.requestId === 'obs-quiet')).toEqual([]);
     expect(JSON.stringify(l.logs.lines)).not.toMatch(/secret=q1|token=t/);

@@ -129,7 +129,7 @@ describe('the access line fast path', () => {
     const failed = context('req-2', '/api/x');
     failed.status = 502;
     failed.errorCode = 'upstream-connect-failure';
-    const early: EarlyOutcome = { early: true, id: 'e-1', method: 'CONNECT', path: 'db.internal:5432', status: 405, errorCode: 'connect-unsupported', startedAt: 10 };
+    const early: EarlyOutcome = { early: true, id: 'e-1', method: 'CONNECT', path: 'db.internal:5432', status: 405, errorCode: 'connect-unsupported', startedAt: 10, bytesOut: 180 };
     const lines = [accessLine(retried, 1_012.3456), accessLine(failed, 1_000.25), accessLine(early, 10.5)];
     const ours = viaAccessLog(lines);
     expect(ours).toEqual(viaPino(lines));

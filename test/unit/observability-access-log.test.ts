@@ -130,7 +130,7 @@ describe('accessLine', () => {
   });
 
   it('reports a request answered before routing with its code and no route', () => {
-    const early: EarlyOutcome = { early: true, id: 'e-1', method: 'CONNECT', path: 'db.internal:5432', status: 405, errorCode: 'connect-unsupported', startedAt: 10 };
+    const early: EarlyOutcome = { early: true, id: 'e-1', method: 'CONNECT', path: 'db.internal:5432', status: 405, errorCode: 'connect-unsupported', startedAt: 10, bytesOut: 180 };
     expect(accessLine(early, 10.5)).toEqual({
       requestId: 'e-1',
       method: 'CONNECT',
@@ -142,7 +142,7 @@ describe('accessLine', () => {
       durationMs: 0.5,
       upstreamMs: null,
       bytesIn: null,
-      bytesOut: null,
+      bytesOut: 180,
       error: 'connect-unsupported',
       optOut: [],
       optOutDenied: [],

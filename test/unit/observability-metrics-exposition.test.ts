@@ -90,7 +90,7 @@ const SECONDS = [0, 0.0001, 0.00010001, 0.00025, 0.0007, 0.001, 0.0099, 0.25, 1,
 
 function randomOutcome(next: () => number): Outcome {
   if (next() < 0.1) {
-    return { early: true, id: 'e', method: pick(next, METHODS), path: '/', status: pick(next, [400, 404, 405, 503]), errorCode: 'no-route', startedAt: 0 };
+    return { early: true, id: 'e', method: pick(next, METHODS), path: '/', status: pick(next, [400, 404, 405, 503]), errorCode: 'no-route', startedAt: 0, bytesOut: 120 };
   }
   const tries: TryRecord[] = [];
   const n = Math.floor(next() * 4);
@@ -160,7 +160,7 @@ describe('the per-request metric families', () => {
 
   it('fail on a duration that is not a number, as prom-client did', () => {
     const metrics = new LegateMetrics();
-    const early: EarlyOutcome = { early: true, id: 'e', method: 'GET', path: '/', status: 404, errorCode: 'no-route', startedAt: 0 };
+    const early: EarlyOutcome = { early: true, id: 'e', method: 'GET', path: '/', status: 404, errorCode: 'no-route', startedAt: 0, bytesOut: 120 };
     expect(() => metrics.record(early, Number.NaN)).toThrow(new TypeError('Value is not a valid number: NaN'));
     metrics.close();
   });

@@ -136,7 +136,7 @@ describe('legate metrics', () => {
     const weird = context('PROPFIND');
     weird.status = 404;
     o.onComplete(weird);
-    o.onComplete({ early: true, id: 'e', method: 'BREW', path: '/coffee/pot?x=1', status: 404, errorCode: 'no-route', startedAt: performance.now() });
+    o.onComplete({ early: true, id: 'e', method: 'BREW', path: '/coffee/pot?x=1', status: 404, errorCode: 'no-route', startedAt: performance.now(), bytesOut: 120 });
     const f = await scrape(o);
     expect(sampleValue(f, 'legate_requests_total', { route: 'api', method: 'OTHER', status: '404' })).toBe(1);
     expect(sampleValue(f, 'legate_requests_total', { route: '', method: 'OTHER', status: '404' })).toBe(1);
