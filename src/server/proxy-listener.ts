@@ -310,7 +310,8 @@ export function createProxyListener(host: ProxyListenerHost, listenerKey: string
     },
     onRequest,
   );
-  server.maxConnections = limits.maxConnections;
+  // The same setter a reload uses, so a limit set at start and one set by a reload cannot differ.
+  applyServerLimits(server, limits);
   // One over the limit, so that headerShapeError sees that it was passed without Node building thousands of entries.
   server.maxHeadersCount = MAX_REQUEST_HEADERS + 1;
 

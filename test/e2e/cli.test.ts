@@ -33,6 +33,14 @@ const upstream = (tag: string): Promise<Upstream> =>
   });
 const legate = (yaml: string, configFile?: string): Promise<CliProcess> => scope.cli(yaml, configFile === undefined ? {} : { configFile });
 const header = 'listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n';
+
+/** A CLI run's stdout as the JSON lines it printed. */
+function stdoutLines(stdout: string): Array<{ level: string; msg: string; err: string }> {
+  return stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { level: string; msg: string; err: string });
+}
 const routeTo = (u: Upstream, name = 'r') => `${header}routes:\n  - name: ${name}\n    upstream: ${u.url}\n    retry: { retries: 0 }\n`;
 
 describe('legate CLI', () => {
@@ -151,10 +159,7 @@ describe('legate CLI', () => {
       writeFileSync(file, `listen: 127.0.0.1:${taken}\nadmin: 127.0.0.1:0\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:9\n`);
       const r = await cli('--config', file);
       expect(r.code).toBe(1);
-      const fatal = r.stdout
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as { level: string; msg: string; err: string });
+      const fatal = stdoutLines(r.stdout);
       expect(fatal).toEqual([expect.objectContaining({ level: 'fatal', msg: 'legate could not start', err: `cannot listen on 127.0.0.1:${taken}: EADDRINUSE` })]);
     } finally {
       await new Promise((r) => squatter.close(r));
@@ -173,10 +178,7 @@ describe('legate CLI', () => {
     writeFileSync(file, `${header}accessLog: ${accessLog}\nroutes:\n  - name: r\n    upstream: http://127.0.0.1:9\n`);
     const r = await cli('--config', file);
     expect(r.code).toBe(1);
-    const fatal = r.stdout
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { level: string; msg: string; err: string });
+    const fatal = stdoutLines(r.stdout);
     expect(fatal).toEqual([expect.objectContaining({ level: 'fatal', msg: 'legate could not start' })]);
     expect(fatal[0]?.err).toContain(`accessLog: cannot open ${accessLog}: `);
     expect(fatal[0]?.err).toMatch(cause);

@@ -478,6 +478,7 @@ describe('listener safety (in-process)', () => {
         for (let i = 0; i < 2; i++) sockets.push(await open(l.proxyPort));
         expect(await Promise.all(sockets.map(ask))).toEqual([200, 200]);
         const third = await open(l.proxyPort);
+        sockets.push(third);
         expect(await ask(third)).toBe(0);
         // Opened before the reload and silent: under 30 s nothing happens to it; under 1 s it gets its 408.
         const silentBefore = wire(l.proxyPort, '', { timeoutMs: 6_000 });
