@@ -32,7 +32,7 @@
  * with whatever else the machine is doing.
  *
  * Environment:
- *   BENCH_REPEATS=3          repeats of every measurement (medians are reported)
+ *   BENCH_REPEATS=5          repeats of every measurement (medians are reported)
  *   BENCH_SECONDS=4          wrk duration per throughput run (after a 1 s warm-up per target)
  *   BENCH_LATENCY_SECONDS=3  open-loop duration per latency run (+0.5 s warm-up); 0 skips latency
  *   BENCH_RATE=1000          open-loop rate, req/s
@@ -127,7 +127,7 @@ const S = {
   bareNodeFlags: nodeFlags(env.BENCH_BARE_NODE_ARGS),
   // BENCH_MEMORY_LIMIT: each legate and bare http-proxy process in a memory cgroup of this many MiB.
   memoryLimitMiB: parseMemoryLimit(env.BENCH_MEMORY_LIMIT),
-  repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 3))),
+  repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 5))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
   warmupSeconds: 1,
@@ -917,7 +917,7 @@ function assemble({ machine, startedAt, targets, failed, throughputRuns, latency
     latency[b.id] = {};
     for (const id of ids) {
       const runs = latencyRuns[b.id]?.[id] ?? [];
-      // Percentiles of all repeats' samples pooled: 3 × 4,000 samples pin p99.9 far better than a median of three noisy p99.9s.
+      // Percentiles of all repeats' samples pooled: 5 × 3,000 samples by default pin p99.9 far better than a median of five noisy p99.9s.
       const pooled = runs.flatMap((x) => x.samplesUs ?? []).sort((a, c) => a - c);
       const q = (p) => round((percentile(pooled, p) ?? NaN) / 1000, 3);
       latency[b.id][id] = {

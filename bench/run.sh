@@ -11,7 +11,7 @@
 # to bench.mjs (`npm run bench -- --profile` profiles legate's full chain).
 # Settings are environment variables, listed at the top of bench/bench.mjs:
 #   BENCH_QUICK=1 npm run bench        smoke run, about a minute
-#   BENCH_REPEATS=5 npm run bench      more repeats
+#   BENCH_REPEATS=3 npm run bench      fewer repeats (5 by default), about 4 minutes less
 #   BENCH_SOAK_SECONDS=0 npm run bench no soak
 set -euo pipefail
 cd "$(dirname "$0")/.."
