@@ -82,6 +82,7 @@ import { median, percentile, ratio, round } from './lib/stats.mjs';
 import { makeCerts } from './lib/certs.mjs';
 import { renderStalls, SLOW_MS, stallReport } from './lib/stalls.mjs';
 import { memoryCgroup, parseMemoryLimit, removeCgroups } from './lib/cgroup.mjs';
+import { formatAllocSummary, summariseAlloc } from './alloc-summary.mjs';
 import { formatSummary, summarise } from './profile-summary.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -95,6 +96,8 @@ const RESULTS = path.join(ROOT, 'bench/results');
 const env = process.env;
 const QUICK = env.BENCH_QUICK === '1';
 const PROFILE = process.argv.includes('--profile');
+const PROFILE_KIND = env.BENCH_PROFILE_KIND ?? 'cpu';
+if (!['cpu', 'alloc'].includes(PROFILE_KIND)) throw new Error(`BENCH_PROFILE_KIND must be cpu or alloc, not ${PROFILE_KIND}`);
 const num = (v, d) => (v === undefined || v === '' || !Number.isFinite(Number(v)) ? d : Number(v));
 
 /** Node flags from a BENCH_*_NODE_ARGS variable or NODE_OPTIONS: words separated by spaces. */
@@ -406,12 +409,12 @@ function proxyCgroup(name) {
 }
 
 /** Writes a config and starts `node dist/cli.js --config FILE` pinned to the proxy core. */
-async function startLegate(name, config, ctx, port, nodeArgs = [], cli = CLI) {
+async function startLegate(name, config, ctx, port, nodeArgs = [], cli = CLI, extraEnv = {}) {
   const admin = await freePort();
   const accessLog = path.join(tmp, `${name}-access.log`);
   const file = path.join(tmp, `${name}.yaml`);
   writeFileSync(file, legateConfig(config, { port, admin, upstreamPort: ctx.upstreamPort, httpsPort: ctx.httpsPort, certs: ctx.certs, accessLog }));
-  const childEnv = { ...env };
+  const childEnv = { ...env, ...extraEnv };
   // The config decides the log level, not whoever ran the bench.
   delete childEnv.LOG_LEVEL;
   if (STALLS) childEnv.BENCH_STALL_DIR = stallDir();
@@ -1202,6 +1205,8 @@ function writeDocs(md) {
  *   BENCH_PROFILE_TARGET=legate-full   or legate-plain, legate-mtls, bare
  *   BENCH_PROFILE_SECONDS=10           load duration
  *   BENCH_PROFILE_BODY=small           or 16k
+ *   BENCH_PROFILE_KIND=cpu             or alloc: bytes allocated per request by function instead
+ *                                      (V8's sampling heap profiler, freed objects included; allocProfile)
  */
 async function profileMode() {
   tmp = makeTmp();
@@ -1221,19 +1226,27 @@ async function profileMode() {
   await waitForPort(ctx.httpsPort, { proc: ctx.upstream });
   const port = await freePort();
   const before = new Set(readdirSync(outDir));
+  const alloc = PROFILE_KIND === 'alloc';
+  const allocFile = path.join(outDir, `${def.id}-${body.id}-${new Date().toISOString().replace(/[:.]/g, '-')}.heapprofile`);
   // 250 µs sampling: finer than the 1 ms default, still cheap next to a request.
-  const profArgs = ['--cpu-prof', '--cpu-prof-dir', outDir, '--cpu-prof-interval', '250'];
+  const profArgs = alloc
+    ? ['--import', path.join(ROOT, 'bench/alloc-probe.mjs')]
+    : ['--cpu-prof', '--cpu-prof-dir', outDir, '--cpu-prof-interval', '250'];
   let proc;
   if (def.kind === 'legate') {
-    ({ proc } = await startLegate(`${def.id}-profile`, def.config, ctx, port, profArgs, def.cli));
+    ({ proc } = await startLegate(`${def.id}-profile`, def.config, ctx, port, profArgs, def.cli, alloc ? { BENCH_ALLOC_OUT: allocFile } : {}));
   } else {
     proc = start('bare-profile', process.execPath,
       [...S.bareNodeFlags, ...profArgs, path.join(ROOT, 'bench/bare-http-proxy.mjs'), '--port', String(port), '--upstream', `http://127.0.0.1:${ctx.upstreamPort}`],
-      { cpu: S.proxyCpu, log: path.join(tmp, 'bare-profile.log'), cwd: ROOT });
+      { cpu: S.proxyCpu, log: path.join(tmp, 'bare-profile.log'), cwd: ROOT, env: alloc ? { ...env, BENCH_ALLOC_OUT: allocFile } : env });
     await waitForPort(port, { proc });
   }
   const t = { id: def.id, kind: def.kind, port, pids: () => [proc.pid] };
   await verify(t);
+  if (alloc) {
+    await allocProfile(t, proc, body, seconds, ctx, allocFile);
+    return;
+  }
   log(`profiling ${def.id}, ${body.label}, ${seconds} s under wrk -c${S.connections}`);
   await wrkRun(t, body, 2, ctx);
   // V8 stamps samples with the monotonic clock process.hrtime() reads: keep only this window.
@@ -1255,6 +1268,34 @@ async function profileMode() {
   const text = `${formatSummary(s, title, { callers: true })}\n`;
   writeFileSync(summaryFile, text);
   process.stdout.write(`\n${text}\nprofile: ${full}\nfolded stacks (flame graph input): ${folded}\nsummary: ${summaryFile}\n`);
+}
+
+/**
+ * BENCH_PROFILE_KIND=alloc: what the proxy allocates per request, by
+ * function. bench/alloc-probe.mjs samples every allocation (freed objects
+ * included) between two SIGUSR2s sent around one wrk run after a warm-up.
+ */
+async function allocProfile(t, proc, body, seconds, ctx, file) {
+  log(`allocation profile of ${t.id}, ${body.label}, ${seconds} s under wrk -c${S.connections}`);
+  await wrkRun(t, body, 2, ctx);
+  process.kill(proc.pid, 'SIGUSR2');
+  // The probe starts sampling asynchronously; give its inspector round trips a moment before the load starts.
+  await sleep(200);
+  const m = await wrkRun(t, body, seconds, ctx);
+  process.kill(proc.pid, 'SIGUSR2');
+  const deadline = Date.now() + 30_000;
+  while (!existsSync(file)) {
+    if (Date.now() > deadline) throw new Error(`no allocation profile at ${file} within 30 s (see ${proc.log})`);
+    await sleep(100);
+  }
+  await stop(proc, { graceMs: 20_000 });
+  await stopAll();
+  const s = summariseAlloc(JSON.parse(readFileSync(file, 'utf8')), { requests: m.requests, top: 25 });
+  const title = `${TARGET_DEFS.find((d) => d.id === t.id)?.label ?? t.id}, ${body.label}, ${m.requests} requests at ${m.rps} req/s under the profiler`;
+  const text = `${formatAllocSummary(s, title)}\n`;
+  const summaryFile = file.replace(/\.heapprofile$/, '.summary.txt');
+  writeFileSync(summaryFile, text);
+  process.stdout.write(`\n${text}\nprofile: ${file} (open in Chrome DevTools, Memory tab, or node bench/alloc-summary.mjs)\nsummary: ${summaryFile}\n`);
 }
 
 /** `node bench/bench.mjs --render [FILE]`: rewrites the docs section from a results file (default latest.json). */
