@@ -8,7 +8,8 @@
 #    upstream, proxy or load generator outlives the run.
 #
 # Everything listens on and talks to 127.0.0.1 only. Arguments are passed on
-# to bench.mjs (`npm run bench -- --profile` profiles legate's full chain).
+# to bench.mjs (`npm run bench -- --profile` profiles legate's full chain: its CPU, or
+# with BENCH_PROFILE_KIND=alloc what each request allocates).
 # Settings are environment variables, listed at the top of bench/bench.mjs:
 #   BENCH_QUICK=1 npm run bench        smoke run, about a minute
 #   BENCH_REPEATS=3 npm run bench      fewer repeats (5 by default), about 4 minutes less
