@@ -6,7 +6,8 @@
  * allocates, not only what survives.
  *
  * Signals, so that the bench decides the window: the first SIGUSR2 starts
- * sampling (after the warm-up), the next writes the profile as JSON to
+ * sampling (after the warm-up) and, once V8 is sampling, creates
+ * $BENCH_ALLOC_OUT.started; the next writes the profile as JSON to
  * $BENCH_ALLOC_OUT (written to a temporary name, then renamed, so a reader
  * never sees half a file) and stops. Nothing runs until the first signal.
  */
@@ -34,7 +35,10 @@ process.on('SIGUSR2', () => {
       session.post(
         'HeapProfiler.startSampling',
         { samplingInterval: 512, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true },
-        (e) => e && fail('HeapProfiler.startSampling', e),
+        (e) => {
+          if (e) return fail('HeapProfiler.startSampling', e);
+          fs.writeFileSync(`${out}.started`, '');
+        },
       );
     });
     return;

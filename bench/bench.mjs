@@ -1278,16 +1278,19 @@ async function profileMode() {
 async function allocProfile(t, proc, body, seconds, ctx, file) {
   log(`allocation profile of ${t.id}, ${body.label}, ${seconds} s under wrk -c${S.connections}`);
   await wrkRun(t, body, 2, ctx);
+  const appears = async (f, what) => {
+    const deadline = Date.now() + 30_000;
+    while (!existsSync(f)) {
+      if (Date.now() > deadline) throw new Error(`${what}: no ${f} within 30 s (see ${proc.log})`);
+      await sleep(50);
+    }
+  };
   process.kill(proc.pid, 'SIGUSR2');
-  // The probe starts sampling asynchronously; give its inspector round trips a moment before the load starts.
-  await sleep(200);
+  await appears(`${file}.started`, 'the allocation sampler did not start');
+  rmSync(`${file}.started`);
   const m = await wrkRun(t, body, seconds, ctx);
   process.kill(proc.pid, 'SIGUSR2');
-  const deadline = Date.now() + 30_000;
-  while (!existsSync(file)) {
-    if (Date.now() > deadline) throw new Error(`no allocation profile at ${file} within 30 s (see ${proc.log})`);
-    await sleep(100);
-  }
+  await appears(file, 'no allocation profile was written');
   await stop(proc, { graceMs: 20_000 });
   await stopAll();
   const s = summariseAlloc(JSON.parse(readFileSync(file, 'utf8')), { requests: m.requests, top: 25 });
