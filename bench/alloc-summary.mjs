@@ -18,18 +18,10 @@ import { readFileSync } from 'node:fs';
 import process from 'node:process';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { category } from './profile-summary.mjs';
-
-function where(cf) {
-  const url = cf.url;
-  const nm = url.lastIndexOf('node_modules/');
-  const short = nm !== -1 ? url.slice(nm + 'node_modules/'.length) : url.indexOf('/dist/') !== -1 ? url.slice(url.indexOf('/dist/') + 1) : url;
-  return short === '' ? '' : `${short}:${cf.lineNumber + 1}`;
-}
+import { category, shortUrl } from './profile-summary.mjs';
 
 function label(cf) {
-  const w = where(cf);
-  return `${cf.functionName || '(anonymous)'}${w ? ` ${w}` : ''}`;
+  return `${cf.functionName || '(anonymous)'}${cf.url === '' ? '' : ` ${shortUrl(cf.url)}:${cf.lineNumber + 1}`}`;
 }
 
 /**

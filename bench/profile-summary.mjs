@@ -33,7 +33,8 @@ export function category(url, functionName) {
   return url.replace(/^file:\/\//, '');
 }
 
-function shortUrl(url) {
+/** A frame's file as the summaries print it: package-relative, dist-relative, or the path. */
+export function shortUrl(url) {
   const nm = url.lastIndexOf('node_modules/');
   if (nm !== -1) return url.slice(nm + 'node_modules/'.length);
   const dist = url.indexOf('/dist/');
