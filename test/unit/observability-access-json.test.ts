@@ -15,9 +15,9 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { loadConfigText } from '../../src/config/load.js';
 import { RequestContext } from '../../src/proxy/context.js';
-import { frameOf, quote } from '../../src/observability/access-json.js';
+import { frameOf, jsonNumber, quote } from '../../src/observability/access-json.js';
 import { ACCESS_MESSAGE, accessLine, createAccessLog, lineWriter, type AccessLine } from '../../src/observability/access-log.js';
-import { createLogger, loggerOptions } from '../../src/observability/logger.js';
+import { createLogger, isoTimeCached, loggerOptions } from '../../src/observability/logger.js';
 import { createEndpoint, LayerState, RouteRuntime } from '../../src/runtime/route-runtime.js';
 import type { EarlyOutcome } from '../../src/server/proxy-listener.js';
 import { tempDir } from '../helpers/legate.js';
@@ -256,9 +256,11 @@ describe('the access line fast path', () => {
     // strings that die young leave it where it was, give or take the code compiled on the way.
     const write = lineWriter(pino(loggerOptions('info', { redact: false }), { write: () => true }));
     const oldSpace = (): number => getHeapSpaceStatistics().find((s) => s.space_name === 'old_space')?.space_used_size ?? Number.NaN;
+    // Durations as legate rounds them (to the microsecond, put together from tables) and finer ones
+    // (through JSON.stringify): both must die young.
     const lines = (from: number, n: number): void => {
       for (let i = from; i < from + n; i++) {
-        const ms = i / 1000 + 0.0001;
+        const ms = i % 2 === 0 ? (i % 1_000_000) / 1000 : i / 1000 + 0.0001;
         write(line({ durationMs: ms + 0.1, upstreamMs: ms, tries: [{ endpoint: '10.0.0.7:8080', ms, status: 200 }] }));
       }
     };
@@ -269,6 +271,40 @@ describe('the access line fast path', () => {
     const perLine = (oldSpace() - before) / n;
     // ~40 bytes a line through the cache, under 1 without; a mark-compact in between could only lower it.
     expect(perLine).toBeLessThan(10);
+  });
+
+  it('writes every number as JSON.stringify does', () => {
+    // Every duration the tables write (k/1000 below 1024), then the edges on both sides of them.
+    const mismatches: number[] = [];
+    for (let k = 0; k < 1_024_000; k++) {
+      const n = k / 1000;
+      if (jsonNumber(n) !== JSON.stringify(n)) mismatches.push(n);
+    }
+    const edges = [-0, -1, -0.5, 1023.999, 1023.9995, 1024, 1024.5, 16_384, 0.0001, 0.1 + 0.2, 1 / 3, 1e-7, 1e21, 2 ** 53, Number.MAX_VALUE, Number.MIN_VALUE, NaN, Infinity, -Infinity];
+    for (const n of edges) if (jsonNumber(n) !== JSON.stringify(n)) mismatches.push(n);
+    expect(mismatches).toEqual([]);
+    expect(jsonNumber(27.01)).toBe('27.01');
+    expect(jsonNumber(NaN)).toBe('null');
+  });
+
+  it('stamps every millisecond as new Date().toISOString() would, across seconds, years and back in time', () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const start = Date.parse('2026-12-31T23:59:58.000Z');
+      // Two seconds and a year's end, one millisecond at a time, then times out of order, far ahead and before 1970.
+      const times = Array.from({ length: 3_001 }, (_, i) => start + i);
+      times.push(start + 500, start - 86_400_000, Date.parse('+010000-01-01T00:00:00.001Z'), 8.64e15, 0, -1, -1_000, -1_500, start + 2_999);
+      const wrong: string[] = [];
+      for (const t of times) {
+        vi.setSystemTime(t);
+        const expected = `,"time":"${new Date(t).toISOString()}"`;
+        const got = isoTimeCached();
+        if (got !== expected) wrong.push(`${t}: ${got}`);
+      }
+      expect(wrong).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('quotes strings as pino does', () => {
