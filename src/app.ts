@@ -15,7 +15,7 @@ import type { Logger } from './observability/logger.js';
 import { createObserver, type Observer } from './observability/observer.js';
 import { TlsAgents } from './tls/tls-agents.js';
 import { createAdminListener } from './server/admin-listener.js';
-import { applyServerLimits, createProxyListener, type EarlyOutcome } from './server/proxy-listener.js';
+import { applyServerLimits, createProxyListener, type EarlyOutcome, type ListenerRole } from './server/proxy-listener.js';
 import type { RequestContext } from './proxy/context.js';
 import { AgentPool, httpAgentFactory } from './runtime/agents.js';
 import { buildGeneration, droppedStates, type Generation, MAIN_LISTENER } from './runtime/generation.js';
@@ -95,6 +95,21 @@ export function configView(config: LegateConfig): unknown {
   };
 }
 
+/**
+ * What a reload (or the start) does to the proxy listeners, prepared before
+ * anything is swapped: every address the new config wants is bound by then.
+ */
+interface ListenerPlan {
+  /** The main listener's new server and the address it leaves, when `listen` changed. */
+  readonly main: { readonly server: Server; readonly was: string } | undefined;
+  /** The route listeners once the new generation is in, by address. */
+  readonly routes: ReadonlyMap<string, Server>;
+  /** Servers bound for this plan: closed if the reload is rejected. */
+  readonly bound: readonly Server[];
+  /** Servers the new config has no role for: retired once it is in. */
+  readonly released: readonly Server[];
+}
+
 function sameLimits(a: ServerLimits, b: ServerLimits): boolean {
   return a.maxConnections === b.maxConnections && a.headersTimeoutMs === b.headersTimeoutMs && a.requestTimeoutMs === b.requestTimeoutMs && a.maxHeaderSizeBytes === b.maxHeaderSizeBytes;
 }
@@ -109,6 +124,8 @@ export class LegateApp {
   #proxy: Server | undefined;
   #admin: Server | undefined;
   readonly #routeListeners = new Map<string, Server>();
+  /** The role of each proxy listener (MAIN_LISTENER or a route's `listen`), which a reload may change. */
+  readonly #roles = new WeakMap<Server, ListenerRole>();
   /** The reload in progress, if any: the next waits for it. */
   #reloads: Promise<unknown> = Promise.resolve();
   /** Listeners a reload moved away from, closing as their last requests end. */
@@ -153,8 +170,9 @@ export class LegateApp {
     return this.#active;
   }
 
-  #listenerHost(key: string, limits: ServerLimits) {
-    return createProxyListener(
+  #listenerHost(key: string, limits: ServerLimits): Server {
+    const role: ListenerRole = { key };
+    const server = createProxyListener(
       {
         current: () => this.#generation,
         draining: () => this.#draining,
@@ -164,13 +182,16 @@ export class LegateApp {
         adminAddress: () => this.#adminAddress,
         onConnectionsDropped: (dropped, maxConnections, last) =>
           this.logger.warn(
-            { listener: key, dropped, maxConnections, remoteAddress: last?.remoteAddress },
+            { listener: role.key, dropped, maxConnections, remoteAddress: last?.remoteAddress },
             'connection limit reached: new connections closed at accept (limits.maxConnections)',
           ),
       },
-      key,
+      role,
       limits,
     );
+    this.#roles.set(server, role);
+    this.#track(server);
+    return server;
   }
 
   #adminListener(): Server {
@@ -192,7 +213,6 @@ export class LegateApp {
   async start(): Promise<void> {
     const config = this.#generation.config;
     const proxy = this.#listenerHost(MAIN_LISTENER, config.limits);
-    this.#track(proxy);
     const admin = this.#adminListener();
     try {
       await listen(proxy, config.listen);
@@ -200,7 +220,7 @@ export class LegateApp {
       await listen(admin, config.admin);
       this.#admin = admin;
       this.#adminAddress = this.address('admin');
-      await this.#syncRouteListeners(this.#generation);
+      this.#commitProxyListeners(await this.#planProxyListeners(config, undefined));
     } catch (e) {
       await this.#closeAll();
       throw e;
@@ -227,33 +247,63 @@ export class LegateApp {
     });
   }
 
-  async #syncRouteListeners(gen: Generation): Promise<void> {
+  /**
+   * Binds what `config` wants of the proxy listeners and is not bound yet.
+   * Sockets are kept by address, as nginx keeps its listening sockets across
+   * a reload: one the reload releases from its role (the address the main
+   * listener leaves, a route listener no route keeps) goes to a new role that
+   * wants that very address, rather than being bound a second time, which
+   * could only fail. Throws, having closed what it bound, if an address
+   * cannot be bound; nothing in use changes until the plan is committed.
+   */
+  async #planProxyListeners(config: LegateConfig, previous: LegateConfig | undefined): Promise<ListenerPlan> {
     const wanted = new Map<string, HostPort>();
-    for (const r of gen.config.routes) if (r.listen !== undefined) wanted.set(r.listen.text, r.listen);
-    const opened: string[] = [];
+    for (const r of config.routes) if (r.listen !== undefined) wanted.set(r.listen.text, r.listen);
+    const released = new Map<string, Server>();
+    const mainMoves = previous !== undefined && this.#proxy !== undefined && config.listen.text !== previous.listen.text;
+    if (mainMoves && this.#proxy !== undefined) released.set(previous.listen.text, this.#proxy);
+    for (const [key, server] of this.#routeListeners) if (!wanted.has(key)) released.set(key, server);
+    const adminLeaves = previous !== undefined && config.admin.text !== previous.admin.text ? previous.admin.text : undefined;
+    const bound: Server[] = [];
+    const take = async (key: string, at: HostPort): Promise<Server> => {
+      const handed = released.get(at.text);
+      if (handed !== undefined) {
+        released.delete(at.text);
+        return handed;
+      }
+      if (at.text === adminLeaves) throw new Error(`cannot listen on ${at.text}: the admin listener holds it until this reload applies; move the admin listener off it in a reload of its own first`);
+      const server = this.#listenerHost(key, config.limits);
+      bound.push(server);
+      await listen(server, at);
+      return server;
+    };
     try {
-      for (const [key, at] of wanted) {
-        if (this.#routeListeners.has(key)) continue;
-        const server = this.#listenerHost(key, gen.config.limits);
-        this.#track(server);
-        await listen(server, at);
-        this.#routeListeners.set(key, server);
-        opened.push(key);
-      }
+      const main = mainMoves && previous !== undefined ? { server: await take(MAIN_LISTENER, config.listen), was: previous.listen.text } : undefined;
+      const routes = new Map<string, Server>();
+      for (const [key, at] of wanted) routes.set(key, this.#routeListeners.get(key) ?? (await take(key, at)));
+      return { main, routes, bound, released: [...released.values()] };
     } catch (e) {
-      for (const key of opened) {
-        const s = this.#routeListeners.get(key);
-        this.#routeListeners.delete(key);
-        if (s !== undefined) await close(s);
-      }
+      await Promise.all(bound.map(close));
       throw e;
     }
-    for (const [key, server] of this.#routeListeners) {
-      if (!wanted.has(key)) {
-        this.#routeListeners.delete(key);
-        this.#retire(server);
-      }
+  }
+
+  /** Puts a plan's listeners in their roles (with the new generation already in) and retires those left without one. */
+  #commitProxyListeners(plan: ListenerPlan): void {
+    for (const [key, server] of plan.routes) this.#setRole(server, key);
+    if (plan.main !== undefined) {
+      this.#setRole(plan.main.server, MAIN_LISTENER);
+      this.#proxy = plan.main.server;
+      this.#logMove('proxy', plan.main.was);
     }
+    this.#routeListeners.clear();
+    for (const [key, server] of plan.routes) this.#routeListeners.set(key, server);
+    for (const server of plan.released) this.#retire(server);
+  }
+
+  #setRole(server: Server, key: string): void {
+    const role = this.#roles.get(server);
+    if (role !== undefined) role.key = key;
   }
 
   /** The bound address of a listener, `host:port` (useful when the config said port 0). */
@@ -313,38 +363,27 @@ export class LegateApp {
         return rejected(e);
       }
     }
-    // A changed `listen` or `admin` is bound before anything changes, next to the old address (a port
-    // already taken rejects the reload); the old listener closes once the new config is in.
-    const moved: Array<{ which: 'proxy' | 'admin'; server: Server; was: string }> = [];
+    // A changed `listen`, `admin` or route `listen` is bound before anything changes, next to the old
+    // address (a port already taken rejects the reload); a listener left without a role closes once the new
+    // config is in. An address one proxy listener leaves and another takes keeps its socket (#planProxyListeners).
+    let admin: Server | undefined;
+    let plan: ListenerPlan | undefined;
     if (this.#proxy !== undefined) {
       try {
-        if (config.listen.text !== previous.config.listen.text) {
-          const server = this.#listenerHost(MAIN_LISTENER, config.limits);
-          this.#track(server);
-          moved.push({ which: 'proxy', server, was: previous.config.listen.text });
-          await listen(server, config.listen);
-        }
         if (config.admin.text !== previous.config.admin.text) {
-          const server = this.#adminListener();
-          moved.push({ which: 'admin', server, was: previous.config.admin.text });
-          await listen(server, config.admin);
+          const proxyHeld = config.admin.text === previous.config.listen.text || this.#routeListeners.has(config.admin.text);
+          if (proxyHeld) throw new Error(`cannot listen on ${config.admin.text}: a proxy listener holds it until this reload applies; move that listener off it in a reload of its own first`);
+          admin = this.#adminListener();
+          await listen(admin, config.admin);
         }
+        plan = await this.#planProxyListeners(config, previous.config);
       } catch (e) {
-        for (const m of moved) void close(m.server);
+        if (admin !== undefined) void close(admin);
         void newAccessLog?.close();
         return rejected(e);
       }
     }
     const next = this.#build(config, previous);
-    try {
-      await this.#syncRouteListeners(next);
-    } catch (e) {
-      // The new generation never served: stop its discoveries and file watchers and unhook its balancers.
-      next.retire(droppedStates(next, previous));
-      for (const m of moved) void close(m.server);
-      void newAccessLog?.close();
-      return rejected(e);
-    }
     this.#generation = next;
     if (process.env.LOG_LEVEL === undefined) this.logger.level = config.logLevel;
     previous.retire(droppedStates(previous, next));
@@ -353,7 +392,14 @@ export class LegateApp {
     this.#tls.retain(next.agentIds);
     this.#tls.preload(config.routes.flatMap((r) => r.upstream.endpoints));
     this.observer.reload('applied');
-    for (const m of moved) this.#moveTo(m.which, m.server, m.was);
+    if (plan !== undefined) this.#commitProxyListeners(plan);
+    if (admin !== undefined) {
+      const old = this.#admin;
+      this.#admin = admin;
+      this.#adminAddress = this.address('admin');
+      if (old !== undefined) this.#retire(old);
+      this.#logMove('admin', previous.config.admin.text);
+    }
     if (!sameLimits(config.limits, previous.config.limits)) {
       // Route listeners opened by this reload were made with them already.
       for (const server of [this.#proxy, ...this.#routeListeners.values()]) if (server !== undefined) applyServerLimits(server, config.limits);
@@ -379,13 +425,8 @@ export class LegateApp {
     void close(server).then(() => this.#retiring.delete(server));
   }
 
-  /** Puts `server`, already bound, in place of the proxy or admin listener; the old one closes as its requests end. */
-  #moveTo(which: 'proxy' | 'admin', server: Server, was: string): void {
-    const old = which === 'proxy' ? this.#proxy : this.#admin;
-    if (which === 'proxy') this.#proxy = server;
-    else this.#admin = server;
-    this.#adminAddress = this.address('admin');
-    if (old !== undefined) this.#retire(old);
+  /** Says that the proxy or admin listener now takes connections somewhere else. */
+  #logMove(which: 'proxy' | 'admin', was: string): void {
     const address = this.address(which);
     this.logger.info({ listener: which, address, was }, `${which} listener moved to ${address ?? '?'}`);
     const at = which === 'proxy' ? this.#generation.config.listen : this.#generation.config.admin;

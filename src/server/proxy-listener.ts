@@ -194,7 +194,17 @@ function pathForLog(url: string | undefined): string {
   return (q === -1 ? u : u.slice(0, q)).slice(0, 200);
 }
 
-export function createProxyListener(host: ProxyListenerHost, listenerKey: string, limits: ServerLimits): Server {
+/**
+ * Which routes a proxy listener serves: `MAIN_LISTENER`, or the `listen`
+ * text of the route that owns its port. Read per request, because a reload
+ * may hand a bound socket to another role (the main listener moving onto a
+ * port a route listener gives up, or the reverse).
+ */
+export interface ListenerRole {
+  key: string;
+}
+
+export function createProxyListener(host: ProxyListenerHost, role: ListenerRole, limits: ServerLimits): Server {
   const answerEarly = (req: IncomingMessage, res: ServerResponse, err: LegateError, startedAt: number): void => {
     const id = appRequestId(req.headers['x-request-id']) ?? randomUUID();
     res.setHeader('x-request-id', id);
@@ -252,6 +262,7 @@ export function createProxyListener(host: ProxyListenerHost, listenerKey: string
       const shape = headerShapeError(req.rawHeaders);
       if (shape !== undefined) throw shape;
       const target = parseTarget(req.url ?? '/', req.headers.host);
+      const listenerKey = role.key;
       const routes = generation.tables.get(listenerKey) ?? [];
       const method = req.method ?? 'GET';
       // A route with its own listener owns the whole port: it takes every request there.

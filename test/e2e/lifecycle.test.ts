@@ -203,6 +203,90 @@ describe('listen and admin changed by a reload', () => {
     expect(await p.stop('SIGTERM')).toBe(0);
   });
 
+  it('swaps the proxy listener and a route listener between two ports: each socket goes to its new role, a kept-alive connection included', async () => {
+    const main = await startUpstream((_req, res) => {
+      res.end('main');
+    });
+    const side = await startUpstream((_req, res) => {
+      res.end('side');
+    });
+    cleanups.push(main.close, side.close);
+    const [a, b] = [await freePort(), await freePort()];
+    const yaml = (mainAt: number, sideAt: number): string =>
+      `listen: 127.0.0.1:${mainAt}\nadmin: 127.0.0.1:0\nroutes:\n  - name: side\n    listen: 127.0.0.1:${sideAt}\n    upstream: ${side.url}\n  - name: api\n    upstream: ${main.url}\n`;
+    const p = await startCli(yaml(a, b));
+    cleanups.push(() => p.stop('SIGKILL'));
+    const body = async (port: number): Promise<string> => (await request({ port, path: '/x' })).body;
+    expect([await body(a), await body(b)]).toEqual(['main', 'side']);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    cleanups.push(async () => agent.destroy());
+    const before = await keepAliveGet(agent, b, '/before');
+    if ('error' in before) throw new Error(before.error);
+    expect(before.body).toBe('side');
+
+    writeFileSync(p.configFile, yaml(b, a));
+    p.child.kill('SIGHUP');
+    await p.waitForLine((l) => l.msg === 'config reload applied', 'reload applied');
+    // Before, the proxy listener was bound first and met the route listener's socket: EADDRINUSE, reload rejected.
+    expect(p.lines.filter((l) => l.msg === 'config reload rejected; the previous config keeps serving')).toEqual([]);
+    expect(p.lines.some((l) => l.msg === `proxy listener moved to 127.0.0.1:${b}`)).toBe(true);
+    expect([await body(a), await body(b)]).toEqual(['side', 'main']);
+    // The same connection, now on the proxy listener's port: its next request is routed as the main listener's.
+    const after = await keepAliveGet(agent, b, '/after');
+    if ('error' in after) throw new Error(after.error);
+    expect(after.socket).toBe(before.socket);
+    expect(after.body).toBe('main');
+    expect(await p.stop('SIGTERM')).toBe(0);
+  });
+
+  it('moves the proxy listener onto the port of a route listener the reload drops, and the route listener onto the port it leaves', async () => {
+    const up = await slowUpstream();
+    const [a, b] = [await freePort(), await freePort()];
+    const route = (at: number): string => `  - name: side\n    listen: 127.0.0.1:${at}\n    upstream: ${up.url}\n`;
+    const yaml = (mainAt: number, side: string): string => `listen: 127.0.0.1:${mainAt}\nadmin: 127.0.0.1:0\nroutes:\n${side}  - name: api\n    match: { pathPrefix: /api }\n    upstream: ${up.url}\n`;
+    const l = await startApp(yaml(a, route(b)));
+    cleanups.push(() => l.stop());
+    // The route listener takes everything on its port; the proxy listener only what matches /api.
+    expect((await request({ port: b, path: '/other' })).status).toBe(200);
+
+    expect(await l.app.reloadText(yaml(b, ''))).toEqual({ ok: true, errors: [] });
+    expect((await request({ port: b, path: '/api/x' })).status).toBe(200);
+    expect((await request({ port: b, path: '/other' })).status).toBe(404);
+    expect(l.app.address('proxy')).toBe(`127.0.0.1:${b}`);
+    await waitFor(async () => ((await connectError(a)) === 'ECONNREFUSED' ? true : undefined), 'the old proxy address given up');
+
+    // And back: a route listener on the port the proxy listener leaves.
+    expect(await l.app.reloadText(yaml(a, route(b)))).toEqual({ ok: true, errors: [] });
+    expect((await request({ port: b, path: '/other' })).status).toBe(200);
+    expect((await request({ port: a, path: '/other' })).status).toBe(404);
+    expect(l.app.address(`127.0.0.1:${b}`)).toBe(`127.0.0.1:${b}`);
+  });
+
+  it('rejects, naming the listener, a reload that gives the admin port to a proxy listener or a proxy port to the admin listener', async () => {
+    const up = await slowUpstream();
+    const [proxyAt, adminAt, other] = [await freePort(), await freePort(), await freePort()];
+    const yaml = (listen: number, admin: number, side?: number): string =>
+      `listen: 127.0.0.1:${listen}\nadmin: 127.0.0.1:${admin}\nroutes:\n${side === undefined ? '' : `  - name: side\n    listen: 127.0.0.1:${side}\n    upstream: ${up.url}\n`}  - name: api\n    upstream: ${up.url}\n`;
+    const l = await startApp(yaml(proxyAt, adminAt));
+    cleanups.push(() => l.stop());
+    const cases: Array<[string, string]> = [
+      [yaml(adminAt, other), `cannot listen on 127.0.0.1:${adminAt}: the admin listener holds it until this reload applies`],
+      [yaml(other, proxyAt), `cannot listen on 127.0.0.1:${proxyAt}: a proxy listener holds it until this reload applies`],
+      [yaml(proxyAt, other, adminAt), `cannot listen on 127.0.0.1:${adminAt}: the admin listener holds it until this reload applies`],
+    ];
+    for (const [text, error] of cases) {
+      const result = await l.app.reloadText(text);
+      expect(result.ok).toBe(false);
+      expect(result.errors.join('\n')).toContain(error);
+      // Nothing moved, and nothing was left bound: the third port is still free to take.
+      expect(l.app.address('proxy')).toBe(`127.0.0.1:${proxyAt}`);
+      expect(l.app.address('admin')).toBe(`127.0.0.1:${adminAt}`);
+      expect((await request({ port: proxyAt, path: '/x' })).status).toBe(200);
+      expect((await request({ port: adminAt, path: '/readyz' })).status).toBe(200);
+      expect(await connectError(other)).toBe('ECONNREFUSED');
+    }
+  });
+
   it('runs two reloads of the same move one after the other: both apply, the second finds nothing to move', async () => {
     const up = await slowUpstream();
     const yaml = (listen: string): string => `listen: ${listen}\nadmin: 127.0.0.1:0\nroutes:\n  - name: api\n    upstream: ${up.url}\n`;
