@@ -33,7 +33,8 @@
  *
  * Environment:
  *   BENCH_REPEATS=5          repeats of every measurement (medians are reported)
- *   BENCH_SECONDS=4          wrk duration per throughput run (after a 1 s warm-up per target)
+ *   BENCH_SECONDS=4          wrk duration per throughput run
+ *   BENCH_WARMUP_SECONDS=5   wrk warm-up per target and body before the throughput runs (1 with BENCH_QUICK)
  *   BENCH_LATENCY_SECONDS=3  open-loop duration per latency run (+0.5 s warm-up); 0 skips latency
  *   BENCH_RATE=1000          open-loop rate, req/s
  *   BENCH_CONNECTIONS=50     wrk connections
@@ -133,7 +134,9 @@ const S = {
   repeats: Math.max(1, Math.round(num(env.BENCH_REPEATS, QUICK ? 1 : 5))),
   // wrk takes whole seconds only.
   seconds: Math.max(1, Math.round(num(env.BENCH_SECONDS, QUICK ? 2 : 4))),
-  warmupSeconds: 1,
+  // Long enough for V8 to finish optimising the longest path (the full chain: TurboFan was 14-15% of
+  // its core in the first 4 s of load and ~0 after; docs/benchmarks.md "Warm-up").
+  warmupSeconds: Math.max(1, Math.round(num(env.BENCH_WARMUP_SECONDS, QUICK ? 1 : 5))),
   connections: Math.round(num(env.BENCH_CONNECTIONS, 50)),
   rate: Math.round(num(env.BENCH_RATE, 1000)),
   latencySeconds: num(env.BENCH_LATENCY_SECONDS, QUICK ? 2 : 3),
@@ -614,7 +617,7 @@ async function main() {
 
   // ---- closed-loop throughput
   await waitForQuiet();
-  log('warm-up: 1 s per target and body');
+  log(`warm-up: ${S.warmupSeconds} s per target and body`);
   // Mark-compacts each legate process runs through the closed-loop phase (warm-up included): where a
   // process's bursts fall, here or in its latency runs, depends on how far this phase took it.
   const gcBeforeThroughput = {};
