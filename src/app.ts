@@ -104,8 +104,6 @@ interface ListenerPlan {
   readonly main: { readonly server: Server; readonly was: string } | undefined;
   /** The route listeners once the new generation is in, by address. */
   readonly routes: ReadonlyMap<string, Server>;
-  /** Servers bound for this plan: closed if the reload is rejected. */
-  readonly bound: readonly Server[];
   /** Servers the new config has no role for: retired once it is in. */
   readonly released: readonly Server[];
 }
@@ -260,8 +258,9 @@ export class LegateApp {
     const wanted = new Map<string, HostPort>();
     for (const r of config.routes) if (r.listen !== undefined) wanted.set(r.listen.text, r.listen);
     const released = new Map<string, Server>();
-    const mainMoves = previous !== undefined && this.#proxy !== undefined && config.listen.text !== previous.listen.text;
-    if (mainMoves && this.#proxy !== undefined) released.set(previous.listen.text, this.#proxy);
+    const proxy = this.#proxy;
+    const mainLeaves = previous !== undefined && config.listen.text !== previous.listen.text ? previous.listen.text : undefined;
+    if (mainLeaves !== undefined && proxy !== undefined) released.set(mainLeaves, proxy);
     for (const [key, server] of this.#routeListeners) if (!wanted.has(key)) released.set(key, server);
     const adminLeaves = previous !== undefined && config.admin.text !== previous.admin.text ? previous.admin.text : undefined;
     const bound: Server[] = [];
@@ -278,10 +277,10 @@ export class LegateApp {
       return server;
     };
     try {
-      const main = mainMoves && previous !== undefined ? { server: await take(MAIN_LISTENER, config.listen), was: previous.listen.text } : undefined;
+      const main = mainLeaves !== undefined && proxy !== undefined ? { server: await take(MAIN_LISTENER, config.listen), was: mainLeaves } : undefined;
       const routes = new Map<string, Server>();
       for (const [key, at] of wanted) routes.set(key, this.#routeListeners.get(key) ?? (await take(key, at)));
-      return { main, routes, bound, released: [...released.values()] };
+      return { main, routes, released: [...released.values()] };
     } catch (e) {
       await Promise.all(bound.map(close));
       throw e;
