@@ -66,7 +66,7 @@ const THOUSANDTHS: readonly string[] = Array.from({ length: 1000 }, (_, i) => (i
  *
  * A line's numbers are small integers and durations rounded to the
  * microsecond (`round3`): those are put together from two tables, at a
- * quarter of `JSON.stringify`'s cost. For `n === k / 1000` below 1024
+ * third to a quarter of `JSON.stringify`'s cost. For `n === k / 1000` below 1024
  * the digits of k/1000 are the shortest that read back as n (any other
  * decimal of as few digits is at least 0.001 away), which is what
  * `JSON.stringify` writes; test/unit/observability-access-json checks
